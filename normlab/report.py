@@ -1,0 +1,171 @@
+"""report.md, the final table and every figure of a study, from its result files alone."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import NormlabError
+from .fileio import atomic_write_text, read_json
+from .plots import (
+    DATASET_TITLES,
+    TARGET_ACCURACY,
+    describe,
+    plot_metric,
+    plot_misclassified,
+    plot_train_vs_test,
+)
+from .summary import experiment_entry
+from .train import read_metrics
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def time_to_target(study_dir: Path, entry: dict, target: float = TARGET_ACCURACY) -> tuple[int, float] | None:
+    """(first epoch with test accuracy >= target, seconds of training up to then), or None."""
+    elapsed = 0.0
+    for r in read_metrics(Path(study_dir) / entry["dir"] / "metrics.csv"):
+        elapsed += r["seconds"]
+        if r["test_accuracy"] >= target:
+            return r["epoch"], elapsed
+    return None
+
+
+def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
+    """One row per experiment name: statistics over its seeds."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for e in summary["experiments"]:
+        groups[e["name"]].append(e)
+    rows = []
+    for name, entries in groups.items():
+        done = [e for e in entries if e["status"] == "done"]
+        row = {"name": name, "entry": entries[0], "seeds": [e["seed"] for e in entries],
+               "done": len(done), "statuses": sorted({e["status"] for e in entries}),
+               "params": entries[0]["params"]}
+        if done:
+            finals = [e["final_test_accuracy"] for e in done]
+            row["final_mean"], row["final_std"] = mean_std(finals)
+            row["final_min"], row["final_max"] = min(finals), max(finals)
+            row["best_mean"], _ = mean_std([e["best_test_accuracy"] for e in done])
+            row["loss_mean"], row["loss_std"] = mean_std([e["final_test_loss"] for e in done])
+            row["seconds_mean"], _ = mean_std([e["train_seconds"] for e in done])
+            if study_dir is not None:
+                hits = [time_to_target(study_dir, e) for e in done]
+                reached = [h for h in hits if h]
+                row["target_reached"] = len(reached)
+                if reached:
+                    row["target_epoch_mean"] = statistics.fmean(h[0] for h in reached)
+                    row["target_seconds_mean"] = statistics.fmean(h[1] for h in reached)
+        rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: float, n: int, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+def final_table(summary: dict) -> str:
+    """The table printed at the end of a run: one line per experiment name."""
+    lines = [f"{'name':<22} {'params':>6} {'seeds':>5} {'final acc %':>16} {'best acc %':>10} "
+             f"{'final loss':>10} {'time s':>8}  status"]
+    for r in aggregate(summary):
+        if r["done"]:
+            lines.append(
+                f"{r['name']:<22} {r['params'] or 0:>6} {len(r['seeds']):>5} "
+                f"{_pm(r['final_mean'], r['final_std'], r['done']):>16} {r['best_mean']:>10.2f} "
+                f"{r['loss_mean']:>10.4f} {r['seconds_mean']:>8.0f}  {','.join(r['statuses'])}")
+        else:
+            lines.append(f"{r['name']:<22} {r['params'] or 0:>6} {len(r['seeds']):>5} {'-':>16} {'-':>10} "
+                         f"{'-':>10} {'-':>8}  {','.join(r['statuses'])}")
+    if summary.get("wall_seconds") is not None:
+        lines.append(f"study wall time: {summary['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def refresh_summary(study_dir: Path) -> dict:
+    """summary.json with its entries re-read from the experiment directories."""
+    path = Path(study_dir) / "summary.json"
+    if not path.exists():
+        raise NormlabError(f"{study_dir} has no summary.json; pass the output directory of `normlab run`.")
+    summary = read_json(path)
+    summary["experiments"] = [experiment_entry(Path(study_dir), Path(study_dir) / e["dir"])
+                              for e in summary["experiments"]]
+    return summary
+
+
+def generate_report(study_dir: Path) -> dict:
+    """Draw every figure and write report.md for the study in `study_dir`; return its summary."""
+    study_dir = Path(study_dir)
+    summary = refresh_summary(study_dir)
+    figures = {
+        "test_loss": plot_metric(study_dir, summary, "test_loss", study_dir / "test_loss.png"),
+        "test_accuracy": plot_metric(study_dir, summary, "test_accuracy", study_dir / "test_accuracy.png"),
+        "train_vs_test": plot_train_vs_test(study_dir, summary, study_dir / "train_vs_test.png"),
+    }
+    grids = {}
+    for e in summary["experiments"]:
+        path = plot_misclassified(study_dir / e["dir"], e, study_dir / e["dir"] / "misclassified.png")
+        if path:
+            grids[e["dir"]] = path
+    atomic_write_text(study_dir / "report.md", report_markdown(study_dir, summary, figures, grids))
+    return summary
+
+
+def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) -> str:
+    ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
+    m = summary.get("machine", {})
+    lines = [
+        f"# normlab study `{summary['study']}` — {ds}",
+        "",
+        summary.get("description", ""),
+        "",
+        f"- epochs: {summary['epochs']}; experiments: {len(summary['experiments'])}",
+        f"- machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, device {m.get('device', '?')}"
+        + (f" ({m['gpu']})" if m.get("gpu") else "") + f", torch {m.get('torch', '?')}",
+        f"- study wall time: {summary.get('wall_seconds', 0):.0f} s",
+        "",
+        "## Results",
+        "",
+        "Accuracies in %, on the full test set after the last epoch. With several seeds: mean ± sample "
+        "standard deviation, and the min–max range.",
+        "",
+        f"| name | model | params | seeds | final accuracy | min–max | best accuracy | final test loss "
+        f"| epochs to {TARGET_ACCURACY}% | seconds to {TARGET_ACCURACY}% | train s | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in aggregate(summary, study_dir):
+        e = r["entry"]
+        if r["done"]:
+            n = r["done"]
+            if r.get("target_reached"):
+                reach = f"{r['target_epoch_mean']:.1f}"
+                secs = f"{r['target_seconds_mean']:.0f}"
+                if r["target_reached"] < n:
+                    reach += f" ({r['target_reached']}/{n} seeds)"
+            else:
+                reach, secs = "not reached", "–"
+            lines.append(
+                f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | {n} | "
+                f"{_pm(r['final_mean'], r['final_std'], n)} | {r['final_min']:.2f}–{r['final_max']:.2f} | "
+                f"{r['best_mean']:.2f} | {_pm(r['loss_mean'], r['loss_std'], n, 4)} | {reach} | {secs} | "
+                f"{r['seconds_mean']:.0f} | {', '.join(r['statuses'])} |")
+        else:
+            lines.append(f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | 0 | – | – | – | – | – | – | – "
+                         f"| {', '.join(r['statuses'])} |")
+    problems = [e for e in summary["experiments"] if e["status"] not in ("done",)]
+    if problems:
+        lines += ["", "## Not finished", ""]
+        lines += [f"- `{e['dir']}`: {e['status']}" + (f" — {e['message']}" if e.get("message") else "")
+                  for e in problems]
+    lines += ["", "## Figures", ""]
+    for key, path in figures.items():
+        lines += [f"![{key}]({Path(path).name})", ""]
+    if grids:
+        lines += ["## Misclassified test images", ""]
+        for dirname, path in grids.items():
+            lines += [f"![{dirname}]({Path(path).relative_to(study_dir)})", ""]
+    lines += ["Redraw with `normlab report " + str(study_dir) + "`.", ""]
+    return "\n".join(lines)

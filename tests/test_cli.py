@@ -1,0 +1,97 @@
+"""The command line: a tiny real study end to end, and one clear sentence for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import normlab
+from normlab.cli import main
+from normlab.train import evaluate, load_data
+
+TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64"]
+
+
+def normlab_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "normlab", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600)
+
+
+@pytest.mark.slow
+def test_tiny_mission_run_end_to_end(tmp_path):
+    out = tmp_path / "mission"
+    r = normlab_cli("run", *TINY_ARGS, "--out", str(out), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["study"] == "mission" and summary["dataset"] == "mnist" and summary["epochs"] == 2
+    assert summary["wall_seconds"] > 0 and summary["machine"]["cores"] >= 1
+    names = {e["name"]: e for e in summary["experiments"]}
+    assert set(names) == {"bn-l1", "gn", "ln"}
+    assert names["bn-l1"]["norm"] == "bn" and names["bn-l1"]["l1"] > 0
+    for e in names.values():
+        assert e["status"] == "done" and e["epochs_run"] == 2 and e["params"] < 8000
+        model = normlab.load_model(out / e["checkpoint"])
+        d = load_data("mnist", 512, 256, "cpu")
+        _, acc = evaluate(model, d.test_x, d.test_y)
+        assert round(acc, 4) == e["final_test_accuracy"]
+        assert (out / e["dir"] / "misclassified.png").stat().st_size > 0
+    for f in ("test_loss.png", "test_accuracy.png", "report.md"):
+        assert (out / f).stat().st_size > 0
+    assert "bn-l1" in r.stdout and "final acc" in r.stdout  # the final table
+    # a finished study resumes to a no-op; without --resume it refuses to overwrite
+    again = normlab_cli("run", *TINY_ARGS, "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr
+    refused = normlab_cli("run", *TINY_ARGS, "--out", str(out))
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+
+def test_train_one_experiment_in_process(tmp_path, capsys):
+    assert main(["train", "--norm", "gn", "--groups", "2", *TINY_ARGS, "--out", str(tmp_path), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (entry,) = summary["experiments"]
+    assert entry["name"] == "gn" and entry["groups"] == 2 and entry["status"] == "done"
+    assert "gn" in capsys.readouterr().out
+
+
+def test_dry_run_lists_the_grid_without_training(tmp_path, capsys):
+    assert main(["run", "grid15", "--dry-run", "--out", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out
+    assert "15 experiments" in out and "bn-l1_0.002-l2_0.002" in out and "gn-l1_0-l2_0.001" in out
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--norm", "xx"], "unknown norm 'xx'; choose one of: bn, gn, ln"),
+    (["train", "--norm", "gn", "--groups", "3"], "--groups 3 does not divide"),
+    (["train", "--norm", "bn", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["train", "--norm", "bn", "--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["train", "--norm", "bn", "--l1", "-1"], "--l1 must be zero or positive"),
+    (["train", "--norm", "bn", "--l2", "-1"], "--l2 must be zero or positive"),
+    (["train", "--norm", "bn", "--test-limit", "-5"], "--test-limit must be a positive integer"),
+    (["train", "--norm", "bn", "--dataset", "cifar"], "unknown dataset 'cifar'; choose one of: mnist, fashion-mnist"),
+    (["run", "nope"], "unknown study 'nope'; choose one of: mission, grid15, batch-size"),
+    (["run", "--workers", "0"], "--workers must be a positive integer"),
+    (["report", "/nonexistent/dir"], "has no summary.json"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_unwritable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["train", "--norm", "bn", *TINY_ARGS, "--out", str(blocker / "sub")]) == 2
+    assert "cannot write to output directory" in capsys.readouterr().err
+
+
+def test_data_command_prints_the_folder(capsys):
+    assert main(["data", "--dataset", "mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist test: 10000 images" in out and "MNIST" in out

@@ -1,0 +1,97 @@
+"""Plots and report from a tiny fake result directory: files, titles, labels, one line per model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from normlab import plots
+from normlab.fileio import atomic_write_json
+from normlab.report import aggregate, generate_report
+from normlab.train import write_metrics
+
+MODELS = [("bn-l1", "bn", 0.0001), ("gn", "gn", 0.0), ("ln", "ln", 0.0)]
+
+
+def _fake_study(root: Path, seeds=(1,), epochs=4) -> Path:
+    rng = np.random.default_rng(0)
+    for seed in seeds:
+        for name, norm, l1 in MODELS:
+            d = root / f"{name}-seed{seed}"
+            cfg = {"name": name, "norm": norm, "groups": 4, "dropout": 0.05, "l1": l1, "l2": 0.0, "seed": seed,
+                   "epochs": epochs, "batch_size": 128, "lr": 0.02, "momentum": 0.9, "dataset": "mnist",
+                   "train_limit": None, "test_limit": None, "augment": True}
+            atomic_write_json(d / "config.json", cfg)
+            rows = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 95 + e / 2, "test_loss": 0.05 / e + rng.random() / 100,
+                     "test_accuracy": 98.5 + e / 5 + rng.random() / 10, "lr": 0.01, "seconds": 10.0}
+                    for e in range(1, epochs + 1)]
+            write_metrics(d / "metrics.csv", rows)
+            atomic_write_json(d / "status.json", {"status": "done", "epochs_run": epochs, "params": 7704})
+            atomic_write_json(d / "misclassified.json", {
+                "dataset": "mnist", "rule": "most confident mistakes on the test set", "wrong_total": 40,
+                "images": [{"index": i, "true": i % 10, "predicted": (i + 1) % 10, "true_name": str(i % 10),
+                            "predicted_name": str((i + 1) % 10), "confidence": 0.9 - i / 100,
+                            "pixels": rng.integers(0, 256, (28, 28)).tolist()} for i in range(10)]})
+    atomic_write_json(root / "summary.json", {
+        "study": "mission", "dataset": "mnist", "epochs": epochs, "wall_seconds": 12.0,
+        "experiments": [{"dir": f"{n}-seed{s}"} for s in seeds for n, _, _ in MODELS]})
+    return root
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Keep each figure open long enough to inspect its axes."""
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    return figures
+
+
+@pytest.mark.parametrize("seeds", [(1,), (1, 2, 3)])
+def test_graphs_have_titles_labels_and_one_line_per_model(tmp_path, captured, seeds):
+    root = _fake_study(tmp_path, seeds)
+    generate_report(root)
+    for f in ("test_loss.png", "test_accuracy.png", "train_vs_test.png", "report.md"):
+        assert (root / f).stat().st_size > 0
+    loss_fig, acc_fig = captured[0], captured[1]
+    for fig, ylabel in ((loss_fig, "test loss"), (acc_fig, "test accuracy (%)")):
+        ax = fig.axes[0]
+        assert "MNIST" in ax.get_title() and "mission" in ax.get_title()
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel().startswith(ylabel)
+        model_lines = [l for l in ax.get_lines() if l.get_label().split(":")[0] in {"bn-l1", "gn", "ln"}]
+        assert len(model_lines) == 3
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert all("final" in t for t in legend if not t.endswith("target"))
+        if len(seeds) > 1:
+            assert any("3 seeds" in t for t in legend) and len(ax.collections) == 3  # bands
+    assert any("99.4" in t.get_text() for t in acc_fig.axes[0].get_legend().get_texts())
+
+
+def test_misclassified_grid_has_ten_labelled_images(tmp_path, captured):
+    root = _fake_study(tmp_path)
+    generate_report(root)
+    grid = next(f for f in captured if f is not None and f._suptitle is not None
+                and "most confident" in f._suptitle.get_text())
+    images = [ax for ax in grid.axes if ax.images]
+    assert len(images) == 10 and len(grid.axes) == 10
+    assert all("true" in ax.get_title() and "pred" in ax.get_title() for ax in images)
+    assert "bn-l1" in grid._suptitle.get_text() and "%" in grid._suptitle.get_text()
+    for name, _, _ in MODELS:
+        assert (root / f"{name}-seed1" / "misclassified.png").exists()
+
+
+def test_report_aggregates_seeds_with_mean_and_std(tmp_path):
+    root = _fake_study(tmp_path, seeds=(1, 2, 3))
+    generate_report(root)
+    summary = json.loads((root / "summary.json").read_text())
+    summary["experiments"] = [json.loads(json.dumps(e)) for e in summary["experiments"]]
+    from normlab.report import refresh_summary
+    rows = aggregate(refresh_summary(root), root)
+    assert [r["name"] for r in rows] == ["bn-l1", "gn", "ln"] and all(r["done"] == 3 for r in rows)
+    assert all(r["final_std"] >= 0 and r["final_min"] <= r["final_mean"] <= r["final_max"] for r in rows)
+    text = (root / "report.md").read_text()
+    assert "±" in text and "![test_accuracy](test_accuracy.png)" in text
+    assert plots.describe(rows[0]["entry"]) == "bn-l1: BN, L1 0.0001"

@@ -1,0 +1,158 @@
+"""Training: fresh seeded init per experiment, determinism, exact resume, L1 that really acts."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import normlab
+from normlab.checkpoint import load_checkpoint
+from normlab.config import ExperimentConfig
+from normlab.errors import NormlabError
+from normlab.model import Net
+from normlab.runner import run_study
+from normlab.studies import build_study
+from normlab.train import METRIC_COLUMNS, Experiment, evaluate, l1_penalty, load_data, read_metrics
+
+from conftest import TINY
+
+
+def _train(cfg: ExperimentConfig, path: Path, epochs: int | None = None, resume=False) -> Experiment:
+    exp = Experiment(cfg, path, resume=resume)
+    while exp.epoch < (epochs or cfg.epochs):
+        exp.run_epoch()
+    return exp
+
+
+def test_metrics_file_has_the_contract_columns_and_parses(tiny_cfg, tmp_path):
+    _train(tiny_cfg, tmp_path / "e")
+    with open(tmp_path / "e" / "metrics.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == METRIC_COLUMNS
+        rows = list(reader)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in read_metrics(tmp_path / "e" / "metrics.csv"):
+        assert 0 <= r["test_accuracy"] <= 100 and r["test_loss"] > 0 and r["seconds"] > 0
+
+
+def test_same_seed_same_numbers(tiny_cfg, tmp_path):
+    a = _train(tiny_cfg, tmp_path / "a").history
+    b = _train(tiny_cfg, tmp_path / "b").history
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in a]
+    assert strip == [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in b]
+    c = _train(replace(tiny_cfg, seed=2), tmp_path / "c").history
+    assert c[-1]["train_loss"] != a[-1]["train_loss"]
+
+
+def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
+    full = _train(tiny_cfg, tmp_path / "full")
+    _train(tiny_cfg, tmp_path / "split", epochs=1)  # "interrupted" after epoch 1
+    resumed = _train(tiny_cfg, tmp_path / "split", resume=True)
+    assert resumed.epoch == 2
+    keys = [k for k in METRIC_COLUMNS if k != "seconds"]
+    assert [[r[k] for k in keys] for r in read_metrics(tmp_path / "split" / "metrics.csv")] == \
+           [[r[k] for k in keys] for r in full.history]
+    for (k, v), (_, w) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_a_metrics_row_without_its_checkpoint_is_dropped_on_resume(tiny_cfg, tmp_path):
+    exp = _train(tiny_cfg, tmp_path / "e", epochs=1)
+    rows = read_metrics(tmp_path / "e" / "metrics.csv")
+    # simulate a crash after metrics.csv was written for epoch 2 but before its checkpoint
+    with open(tmp_path / "e" / "metrics.csv", "a") as f:
+        f.write("2,0.1,99,0.1,99,0.01,1.0\n")
+    resumed = Experiment(tiny_cfg, tmp_path / "e", resume=True)
+    assert resumed.epoch == 1 and resumed.history == rows
+    assert exp.epoch == 1
+
+
+def test_existing_results_need_resume_and_a_matching_config(tiny_cfg, tmp_path):
+    _train(tiny_cfg, tmp_path / "e", epochs=1)
+    with pytest.raises(NormlabError, match="--resume"):
+        Experiment(tiny_cfg, tmp_path / "e")
+    with pytest.raises(NormlabError, match="different config.*l1 0.0 -> 0.5"):
+        Experiment(replace(tiny_cfg, l1=0.5), tmp_path / "e", resume=True)
+
+
+def test_each_experiment_of_a_study_starts_from_its_own_fresh_init(tmp_path):
+    """The seed's defect: its later runs continued from the previous run's weights."""
+    base = ExperimentConfig(epochs=1, train_limit=256, test_limit=128, batch_size=64)
+    study = build_study("mission", base, seeds=[1])
+    run_study(study, tmp_path, workers=1, quiet=True)
+    for cfg in study.experiments:
+        exp = Experiment(cfg, tmp_path / "fresh" / cfg.dirname)  # built, not trained
+        torch.manual_seed(cfg.seed)
+        reference = Net.from_config(exp.net_config)
+        for (name, p), (_, q) in zip(exp.model.named_parameters(), reference.named_parameters()):
+            assert torch.equal(p, q), name
+        # and training really moved the weights away from that init
+        trained = load_checkpoint(tmp_path / cfg.dirname / "model.pt")["model"]
+        assert not torch.equal(trained["features.0.0.weight"], reference.state_dict()["features.0.0.weight"])
+    # the three experiments are three different trained models
+    w = [load_checkpoint(tmp_path / c.dirname / "model.pt")["model"]["features.1.0.weight"]
+         for c in study.experiments]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+
+
+def test_l1_changes_the_loss_and_shrinks_the_weights(tmp_path):
+    base = ExperimentConfig(name="x", norm="bn", epochs=2, train_limit=512, test_limit=128, batch_size=64)
+    plain = _train(base, tmp_path / "plain")
+    strong = _train(replace(base, l1=0.01), tmp_path / "l1")
+    # same seed, same batches: the only difference is the L1 term, which pulls sum|w| down
+    assert l1_penalty(strong.model).item() < 0.95 * l1_penalty(plain.model).item()
+    assert strong.history[0]["train_loss"] != plain.history[0]["train_loss"]
+
+
+def test_l2_and_l1_touch_conv_weights_only(tmp_path):
+    cfg = ExperimentConfig(name="x", norm="bn", l2=0.5, **TINY)
+    exp = Experiment(cfg, tmp_path / "e")
+    decayed, free = exp.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.5 and free["weight_decay"] == 0.0
+    assert all(p.dim() == 4 for p in decayed["params"])
+    assert all(p.dim() == 1 for p in free["params"])  # BN gamma/beta
+
+
+def test_load_model_reproduces_the_recorded_accuracy(tiny_cfg, tmp_path):
+    exp = _train(tiny_cfg, tmp_path / "e")
+    model = normlab.load_model(tmp_path / "e" / "model.pt")
+    assert not model.training
+    d = load_data(tiny_cfg.dataset, tiny_cfg.train_limit, tiny_cfg.test_limit, "cpu")
+    _, acc = evaluate(model, d.test_x, d.test_y)
+    assert round(acc, 4) == exp.history[-1]["test_accuracy"]
+
+
+def test_misclassified_are_the_most_confident_mistakes(tiny_cfg, tmp_path):
+    exp = _train(tiny_cfg, tmp_path / "e")
+    exp.finish()
+    from normlab.fileio import read_json
+    mis = read_json(tmp_path / "e" / "misclassified.json")
+    images = mis["images"]
+    assert len(images) == 10 and mis["wrong_total"] >= 10
+    assert all(im["true"] != im["predicted"] for im in images)
+    confidences = [im["confidence"] for im in images]
+    assert confidences == sorted(confidences, reverse=True)
+    assert len(images[0]["pixels"]) == 28 and len(images[0]["pixels"][0]) == 28
+    assert exp.status["status"] == "done"
+
+
+def test_non_finite_loss_is_reported_as_divergence(tmp_path):
+    from normlab.errors import DivergedError
+    cfg = ExperimentConfig(name="x", norm="bn", lr=1e6, epochs=1, train_limit=512, test_limit=64,
+                           batch_size=32)
+    exp = Experiment(cfg, tmp_path / "e")
+    with pytest.raises(DivergedError):
+        exp.run_epoch()
+
+
+def test_bad_config_values_are_clear_errors():
+    for kwargs, msg in [({"epochs": 0}, "--epochs must be a positive integer"),
+                        ({"batch_size": -1}, "--batch-size"), ({"l1": -0.1}, "--l1 must be zero or positive"),
+                        ({"l2": float("nan")}, "--l2"), ({"dataset": "cifar"}, "unknown dataset"),
+                        ({"train_limit": 0}, "--train-limit"), ({"norm": "xx"}, "unknown norm")]:
+        with pytest.raises(NormlabError, match=msg):
+            ExperimentConfig(**kwargs)
