@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/normlab run $(ARGS)
+	$(BIN)/normlab run --resume $(ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -35,7 +35,7 @@ SEED_TRANSFORM = transforms.Compose([
 def seed_model() -> nn.Module:
     """Net with nn.Dropout (the seed's) and standardization done by the transform, not the model."""
     model = Net(norm="bn", mean=0.0, std=1.0)
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child).__name__ == "Dropout":
                 setattr(module, child_name, nn.Dropout(child.p))

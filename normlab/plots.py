@@ -32,7 +32,7 @@ def describe(entry: dict) -> str:
     """'bn-l1: BN, L1 0.0001' — the model, named for a legend or title."""
     parts = [entry["norm"].upper()]
     if entry["norm"] == "gn":
-        parts[0] += f"({entry['groups']} groups)"
+        parts[0] += f" ({entry['groups']} groups)"
     if entry["l1"]:
         parts.append(f"L1 {entry['l1']:g}")
     if entry["l2"]:
@@ -71,24 +71,22 @@ def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path
     higher_is_better = "accuracy" in metric
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     shown = []
-    for name, c in curves.items():
+    for c in curves.values():
         runs = c[metric]
         mean = runs.mean(0)
         seeds = len(c["seeds"])
         final = mean[-1]
-        label = f"{describe(c['entry'])} — final {final:.2f}" if higher_is_better else \
-            f"{describe(c['entry'])} — final {final:.4f}"
+        best = int(np.argmax(mean) if higher_is_better else np.argmin(mean))
+        fmt = "{:.2f}" if higher_is_better else "{:.4f}"
+        label = (f"{describe(c['entry'])} — final {fmt.format(final)}, "
+                 f"best {fmt.format(mean[best])} (epoch {c['epochs'][best]}, ★)")
         if seeds > 1:
-            label += f" (mean of {seeds} seeds, band = min–max)"
+            label += f"\n    mean of {seeds} seeds, band = min–max"
         (line,) = ax.plot(c["epochs"], mean, marker="o", markersize=3, linewidth=1.6, label=label)
         if seeds > 1:
             ax.fill_between(c["epochs"], runs.min(0), runs.max(0), color=line.get_color(), alpha=0.18)
-        best = int(np.argmax(mean) if higher_is_better else np.argmin(mean))
-        ax.plot(c["epochs"][best], mean[best], marker="*", markersize=13, color=line.get_color(),
+        ax.plot(c["epochs"][best], mean[best], marker="*", markersize=14, color=line.get_color(),
                 markeredgecolor="black", linestyle="none")
-        ax.annotate(f"best {mean[best]:.2f}" if higher_is_better else f"best {mean[best]:.4f}",
-                    (c["epochs"][best], mean[best]), textcoords="offset points", xytext=(4, 6),
-                    fontsize=8, color=line.get_color())
         shown.append(mean)
     if higher_is_better and summary.get("dataset") == "mnist":
         ax.axhline(TARGET_ACCURACY, color="gray", linestyle="--", linewidth=1, label=f"{TARGET_ACCURACY}% target")
@@ -103,7 +101,8 @@ def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path
     ax.set_ylabel(ylabel)
     ax.set_title(_title(summary, what))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right" if higher_is_better else "upper right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right" if higher_is_better else "upper right")
     if len(curves) and max(len(c["epochs"]) for c in curves.values()) > 1:
         ax.set_xticks(range(1, max(len(c["epochs"]) for c in curves.values()) + 1, 2 if summary["epochs"] > 12 else 1))
     fig.tight_layout()
@@ -117,7 +116,7 @@ def plot_train_vs_test(study_dir: Path, summary: dict, path: Path) -> Path:
     curves = curves_by_name(study_dir, summary)
     fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.2 * max(len(curves), 1), 3.6), dpi=100,
                              squeeze=False)
-    for ax, (name, c) in zip(axes[0], curves.items()):
+    for ax, c in zip(axes[0], curves.values()):
         ax.plot(c["epochs"], c["train_accuracy"].mean(0), label="train (augmented, dropout on)")
         ax.plot(c["epochs"], c["test_accuracy"].mean(0), label="test")
         ax.set_title(describe(c["entry"]), fontsize=9)
@@ -142,19 +141,18 @@ def plot_misclassified(exp_dir: Path, entry: dict, path: Path) -> Path | None:
         return None
     mis = read_json(src)
     images = mis["images"]
-    fig, axes = plt.subplots(2, 5, figsize=(9, 4.6), dpi=100)
+    fig, axes = plt.subplots(2, 5, figsize=(9, 5.4), dpi=100, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, im in zip(axes.flat, images):
         ax.imshow(np.array(im["pixels"], dtype=np.uint8), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"true {im['true_name']}\npred {im['predicted_name']} ({im['confidence']:.0%})",
+        ax.set_title(f"true {im['true_name']}\npredicted {im['predicted_name']} ({im['confidence']:.1%})",
                      fontsize=9, color="firebrick")
         ax.text(0.02, 0.02, f"#{im['index']}", transform=ax.transAxes, fontsize=7, color="yellow")
     acc = entry.get("final_test_accuracy")
     ds = DATASET_TITLES.get(mis["dataset"], mis["dataset"])
     fig.suptitle(f"{describe(entry)} (seed {entry['seed']}) — {ds} test accuracy {acc:.2f}%\n"
                  f"{len(images)} {mis['rule']} (of {mis['wrong_total']} wrong)", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

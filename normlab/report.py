@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import NormlabError
-from .fileio import atomic_write_text, read_json
+from .fileio import atomic_write_json, atomic_write_text, read_json
 from .plots import (
     DATASET_TITLES,
     TARGET_ACCURACY,
@@ -86,13 +86,14 @@ def final_table(summary: dict) -> str:
 
 
 def refresh_summary(study_dir: Path) -> dict:
-    """summary.json with its entries re-read from the experiment directories."""
+    """summary.json with its entries re-read from the experiment directories, written back."""
     path = Path(study_dir) / "summary.json"
     if not path.exists():
         raise NormlabError(f"{study_dir} has no summary.json; pass the output directory of `normlab run`.")
     summary = read_json(path)
     summary["experiments"] = [experiment_entry(Path(study_dir), Path(study_dir) / e["dir"])
                               for e in summary["experiments"]]
+    atomic_write_json(path, summary)
     return summary
 
 

@@ -8,8 +8,17 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_checkpoint
 from .fileio import atomic_write_json, read_json
 from .train import read_metrics
+
+
+def conv_weight_l1(checkpoint: Path) -> float | None:
+    """Σ|w| over the conv weights (the tensors L1/L2 act on) of a saved model."""
+    if not checkpoint.exists():
+        return None
+    state = load_checkpoint(checkpoint)["model"]
+    return round(sum(v.abs().sum().item() for v in state.values() if v.dim() >= 2), 2)
 
 
 def machine_description(device: str = "cpu") -> dict:
@@ -54,6 +63,7 @@ def experiment_entry(study_dir: Path, exp_dir: Path) -> dict:
         "final_test_loss": last["test_loss"] if last else None,
         "final_train_loss": last["train_loss"] if last else None,
         "train_seconds": round(sum(r["seconds"] for r in rows), 2),
+        "conv_weight_l1": conv_weight_l1(exp_dir / "model.pt"),
         "checkpoint": os.path.relpath(exp_dir / "model.pt", study_dir) if rows else None,
         "dir": os.path.relpath(exp_dir, study_dir),
         "status": status["status"],

@@ -95,3 +95,55 @@ def test_data_command_prints_the_folder(capsys):
     assert main(["data", "--dataset", "mnist"]) == 0
     out = capsys.readouterr().out
     assert "mnist test: 10000 images" in out and "MNIST" in out
+
+
+def test_divergence_is_recorded_and_the_exit_code_says_so(tmp_path, capsys):
+    code = main(["train", "--norm", "bn", "--lr", "1e6", *TINY_ARGS, "--out", str(tmp_path), "--quiet"])
+    assert code == 3
+    (entry,) = json.loads((tmp_path / "summary.json").read_text())["experiments"]
+    assert entry["status"] == "diverged" and entry["diverged_epoch"] == 1
+    assert "diverged" in capsys.readouterr().err
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
+    from normlab.errors import NormlabError
+    from normlab.fileio import directory_lock
+    with directory_lock(tmp_path):
+        with pytest.raises(NormlabError, match="another normlab process is already writing"):
+            with directory_lock(tmp_path):
+                pass
+    with directory_lock(tmp_path):  # released afterwards
+        pass
+
+
+def test_foreign_checkpoint_is_a_clear_error(tmp_path):
+    import torch
+
+    from normlab.errors import NormlabError
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for name in ("other.pt", "junk.pt", "missing.pt"):
+        with pytest.raises(NormlabError, match="normlab checkpoint|does not exist"):
+            normlab.load_model(tmp_path / name)
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_finished_epochs_and_resume_finishes(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "s"
+    args = ["run", "--epochs", "4", "--train-limit", "2048", "--test-limit", "256", "--out", str(out),
+            "--workers", "2", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "normlab", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("*/model.pt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert any(e["epochs_run"] >= 1 for e in summary["experiments"])
+    r = normlab_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(e["status"] == "done" and e["epochs_run"] == 4 for e in summary["experiments"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 import normlab
 from normlab.checkpoint import load_checkpoint
@@ -17,8 +18,6 @@ from normlab.model import Net
 from normlab.runner import run_study
 from normlab.studies import build_study
 from normlab.train import METRIC_COLUMNS, Experiment, evaluate, l1_penalty, load_data, read_metrics
-
-from conftest import TINY
 
 
 def _train(cfg: ExperimentConfig, path: Path, epochs: int | None = None, resume=False) -> Experiment:

@@ -1,0 +1,45 @@
+"""The README teaches with the project's own numbers: explain output, results, images."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from normlab.explain import explain_text
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_required_sections():
+    for heading in ("### Batch normalization", "### Layer normalization", "### Group normalization",
+                    "## Findings", "### Misclassified images"):
+        assert heading in README, heading
+
+
+def test_every_embedded_image_exists_and_graphs_and_grids_are_embedded():
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert images
+    for path in images:
+        assert (ROOT / path).is_file(), path
+    for needed in ("results/mission/test_loss.png", "results/mission/test_accuracy.png",
+                   "results/mission/bn-l1-seed1/misclassified.png", "results/mission/gn-seed1/misclassified.png",
+                   "results/mission/ln-seed1/misclassified.png"):
+        assert needed in images, needed
+
+
+def test_explain_output_is_embedded_verbatim():
+    output = explain_text()
+    assert f"```text\n{output}```" in README
+    numeric = [line for line in output.splitlines() if re.search(r"\d", line)]
+    assert len(numeric) > 20 and all(line in README for line in numeric)
+
+
+def test_mission_accuracies_in_the_readme_come_from_the_results():
+    summary = json.loads((ROOT / "results" / "mission" / "summary.json").read_text())
+    assert {e["name"] for e in summary["experiments"]} == {"bn-l1", "gn", "ln"}
+    for e in summary["experiments"]:
+        assert e["status"] == "done" and e["epochs_run"] == 20 and e["params"] < 8000
+        assert f"{e['final_test_accuracy']:.2f}" in README, e["name"]
+    assert f"{summary['wall_seconds']:.0f} s" in README
