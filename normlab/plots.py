@@ -156,3 +156,97 @@ def plot_misclassified(exp_dir: Path, entry: dict, path: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _final_by(summary: dict, key) -> dict:
+    """key(entry) -> list of final accuracies of the finished experiments with that key."""
+    out: dict = defaultdict(list)
+    for e in summary["experiments"]:
+        if e["status"] == "done":
+            out[key(e)].append(e["final_test_accuracy"])
+    return out
+
+
+def plot_bn_regularization_heatmap(summary: dict, path: Path) -> Path | None:
+    """BN's final accuracy over the L1 x L2 grid (mean over seeds); None if the study has no such grid."""
+    cells = _final_by({"experiments": [e for e in summary["experiments"] if e["norm"] == "bn"]},
+                      lambda e: (e["l1"], e["l2"]))
+    l1s, l2s = sorted({k[0] for k in cells}), sorted({k[1] for k in cells})
+    if len(l1s) < 2 or len(l2s) < 2:
+        return None
+    grid = np.full((len(l1s), len(l2s)), np.nan)
+    for (l1, l2), values in cells.items():
+        grid[l1s.index(l1), l2s.index(l2)] = np.mean(values)
+    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=110)
+    im = ax.imshow(grid, cmap="viridis", origin="upper")
+    for i in range(len(l1s)):
+        for j in range(len(l2s)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
+                        color="white" if grid[i, j] < np.nanmean(grid) else "black", fontsize=10)
+    ax.set_xticks(range(len(l2s)), [f"{v:g}" for v in l2s])
+    ax.set_yticks(range(len(l1s)), [f"{v:g}" for v in l1s])
+    ax.set_xlabel("L2 (weight decay on conv weights)")
+    ax.set_ylabel("L1 factor (on conv weights)")
+    seeds = max(len(v) for v in cells.values())
+    ax.set_title(_title(summary, "BN final test accuracy (%)") + (f"\nmean of {seeds} seeds" if seeds > 1 else ""),
+                 fontsize=10)
+    fig.colorbar(im, ax=ax, label="final test accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(summary: dict, path: Path) -> Path | None:
+    """Every experiment's final accuracy as one horizontal bar (mean; whiskers min-max over seeds)."""
+    finals = _final_by(summary, lambda e: e["name"])
+    if len(finals) < 4:
+        return None
+    names = list(finals)
+    means = [np.mean(finals[n]) for n in names]
+    entries = {e["name"]: e for e in summary["experiments"]}
+    colors = {"bn": "tab:blue", "gn": "tab:orange", "ln": "tab:green"}
+    fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(names) + 1.4), dpi=110)
+    y = np.arange(len(names))
+    err = np.array([[m - min(finals[n]), max(finals[n]) - m] for n, m in zip(names, means)]).T
+    ax.barh(y, means, xerr=err if err.any() else None, color=[colors.get(entries[n]["norm"], "gray") for n in names])
+    for yi, m in zip(y, means):
+        ax.text(m, yi, f" {m:.2f}", va="center", fontsize=8)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    lo = min(min(v) for v in finals.values())
+    ax.set_xlim(lo - 0.15, max(max(v) for v in finals.values()) + 0.12)
+    ax.set_xlabel("final test accuracy (%)")
+    ax.set_title(_title(summary, "final test accuracy of every experiment"), fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_batch_size(summary: dict, path: Path) -> Path | None:
+    """Final accuracy against batch size, one line per norm; None unless batch sizes vary."""
+    finals = _final_by(summary, lambda e: (e["norm"], e["batch_size"]))
+    sizes = sorted({k[1] for k in finals})
+    if len(sizes) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
+    for norm in sorted({k[0] for k in finals}):
+        xs = [b for b in sizes if (norm, b) in finals]
+        ys = [np.mean(finals[(norm, b)]) for b in xs]
+        ax.plot(xs, ys, marker="o", label=norm.upper())
+        for x, yv in zip(xs, ys):
+            ax.annotate(f"{yv:.2f}", (x, yv), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.set_xlabel("batch size (peak LR scaled linearly with it)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(_title(summary, f"final test accuracy vs batch size, {summary['epochs']} epochs"), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -12,6 +12,9 @@ from .plots import (
     DATASET_TITLES,
     TARGET_ACCURACY,
     describe,
+    plot_batch_size,
+    plot_bn_regularization_heatmap,
+    plot_comparison,
     plot_metric,
     plot_misclassified,
     plot_train_vs_test,
@@ -105,7 +108,12 @@ def generate_report(study_dir: Path) -> dict:
         "test_loss": plot_metric(study_dir, summary, "test_loss", study_dir / "test_loss.png"),
         "test_accuracy": plot_metric(study_dir, summary, "test_accuracy", study_dir / "test_accuracy.png"),
         "train_vs_test": plot_train_vs_test(study_dir, summary, study_dir / "train_vs_test.png"),
+        # study-shaped figures, drawn when the results have that shape
+        "bn_heatmap": plot_bn_regularization_heatmap(summary, study_dir / "bn_l1_l2_heatmap.png"),
+        "comparison": plot_comparison(summary, study_dir / "comparison.png"),
+        "batch_size": plot_batch_size(summary, study_dir / "batch_size.png"),
     }
+    figures = {k: v for k, v in figures.items() if v is not None}
     grids = {}
     for e in summary["experiments"]:
         path = plot_misclassified(study_dir / e["dir"], e, study_dir / e["dir"] / "misclassified.png")

@@ -33,7 +33,7 @@ registry. "LN" is GroupNorm with one group (each sample normalized over C, H, W)
 import torch
 from IPython.display import Image, Markdown, display
 
-from normlab.model import Net, count_parameters, NORM_DESCRIPTIONS
+from normlab.model import NORM_DESCRIPTIONS, Net, count_parameters
 
 for norm in ("bn", "gn", "ln"):
     print(f"{norm}: {count_parameters(Net(norm=norm)):,} parameters — {NORM_DESCRIPTIONS[norm]}")

@@ -147,3 +147,35 @@ def test_sigterm_keeps_finished_epochs_and_resume_finishes(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert all(e["status"] == "done" and e["epochs_run"] == 4 for e in summary["experiments"])
+
+
+@pytest.mark.slow
+def test_a_diverging_experiment_does_not_stop_the_study(tmp_path):
+    """An L1 of 1e30 overflows bn-l1's loss to inf; gn and ln must still finish, and the exit code says so.
+
+    (--l1 50 does not diverge here: the norm after every conv undoes the weights' scale.)
+    """
+    out = tmp_path / "m"
+    r = normlab_cli("run", "--l1", "1e30", *TINY_ARGS, "--out", str(out), "--workers", "2", "--quiet")
+    assert r.returncode == 3, r.stderr
+    assert "diverged" in r.stderr and "Traceback" not in r.stderr
+    status = {e["name"]: e for e in json.loads((out / "summary.json").read_text())["experiments"]}
+    assert status["bn-l1"]["status"] == "diverged" and status["bn-l1"]["diverged_epoch"] >= 1
+    assert status["gn"]["status"] == "done" and status["ln"]["status"] == "done"
+    assert "diverged" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_directory(tmp_path):
+    import time
+    out = tmp_path / "busy"
+    args = ["train", "--norm", "ln", "--epochs", "3", "--train-limit", "4096", "--test-limit", "256",
+            "--out", str(out), "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "normlab", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "study.json").exists():
+        time.sleep(0.1)
+    second = normlab_cli(*args, "--resume")
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert second.returncode == 2 and "another normlab process is already writing" in second.stderr

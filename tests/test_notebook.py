@@ -24,7 +24,7 @@ def test_committed_notebook_ran_in_order_without_errors():
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
     source = "".join("".join(c["source"]) for c in cells)
-    assert "from normlab.model import Net" in source and "run_study" in source
+    assert "from normlab.model import" in source and "Net(norm=norm)" in source and "run_study(" in source
     params = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
     assert "epochs = 20" in "".join(params["source"])
     assert "application/vnd.jupyter.widget-state+json" not in NOTEBOOK.read_text()

@@ -155,3 +155,18 @@ def test_bad_config_values_are_clear_errors():
                         ({"train_limit": 0}, "--train-limit"), ({"norm": "xx"}, "unknown norm")]:
         with pytest.raises(NormlabError, match=msg):
             ExperimentConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_committed_mission_checkpoints_reproduce_their_recorded_accuracy():
+    """results/mission: each model.pt, run on the official test set, gives its recorded accuracy."""
+    import json
+
+    root = Path(__file__).resolve().parent.parent / "results" / "mission"
+    summary = json.loads((root / "summary.json").read_text())
+    d = load_data("mnist", None, None, "cpu")
+    assert len(d.test_y) == 10000
+    for e in summary["experiments"]:
+        model = normlab.load_model(root / e["checkpoint"])
+        _, acc = evaluate(model, d.test_x, d.test_y)
+        assert abs(acc - e["final_test_accuracy"]) <= 0.01, e["name"]
