@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from .data import DATASETS
 from .errors import NormlabError
-from .model import NetConfig, check_norm
+from .model import NetConfig, check_norm, config_from_dict
 
 
 @dataclass
@@ -54,11 +54,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ExperimentConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise NormlabError(f"unknown experiment config keys {sorted(unknown)}.")
-        return cls(**d)
+        return config_from_dict(cls, d, "experiment")
 
     def net_config(self, mean: float, std: float) -> NetConfig:
         return NetConfig(self.norm, self.groups, self.dropout, mean, std)

@@ -77,6 +77,15 @@ def check_norm(norm: str, groups: int = 4) -> str:
     return name
 
 
+def config_from_dict(cls, d: dict, what: str):
+    """Build dataclass `cls` from `d`; unknown keys fail loudly instead of being dropped."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise NormlabError(f"unknown {what} config keys {sorted(unknown)}; known: {sorted(known)}.")
+    return cls(**d)
+
+
 @dataclass
 class NetConfig:
     """Everything needed to rebuild a Net; saved inside every checkpoint."""
@@ -89,11 +98,7 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise NormlabError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**d)
+        return config_from_dict(cls, d, "model")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -28,7 +28,7 @@ from .errors import DivergedError, NormlabError
 from .fileio import atomic_write_json, directory_lock, read_json
 from .studies import Study
 from .summary import machine_description, write_summary
-from .train import Experiment, config_diff
+from .train import Experiment, check_experiment_dir
 
 
 @dataclass
@@ -44,20 +44,7 @@ def check_directories(study: Study, out: Path, resume: bool) -> None:
     if len(set(names)) != len(names):
         raise NormlabError("the study has two experiments with the same name and seed.")
     for cfg in study.experiments:
-        path = out / cfg.dirname / "config.json"
-        if not path.exists():
-            continue
-        diff = config_diff(read_json(path), cfg.to_dict())
-        if diff:
-            raise NormlabError(
-                f"{out / cfg.dirname} was run with a different config ({'; '.join(diff)}); "
-                "use another --out, or delete that directory to start over."
-            )
-        if not resume:
-            raise NormlabError(
-                f"{out} already holds results of this study; pass --resume to continue it "
-                "or --out to start elsewhere."
-            )
+        check_experiment_dir(out / cfg.dirname, cfg, resume)
 
 
 def _worker_init(threads: int) -> None:
@@ -122,6 +109,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         atomic_write_json(meta_path, {**meta, "study": study.name, "description": study.description})
         start = time.perf_counter()
         previous = signal.signal(signal.SIGTERM, _raise_terminate)
+        interrupted = False
         try:
             if executor == "ray":
                 from .ray_executor import run_with_ray
@@ -131,13 +119,13 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                 results = _run_local(study, out, workers=workers, device=device, quiet=quiet,
                                      on_epoch=on_epoch)
         except (KeyboardInterrupt, _Terminate):
-            _record_wall(out, meta, start)
-            finish_summary(study, out, device, workers)
-            raise KeyboardInterrupt from None
-        finally:
+            interrupted = True
+        finally:  # whatever happened, the time spent and every finished epoch reach summary.json
             signal.signal(signal.SIGTERM, previous)
-        _record_wall(out, meta, start)
-        summary = finish_summary(study, out, device, workers)
+            _record_wall(out, start)
+            summary = finish_summary(study, out, device, workers)
+        if interrupted:
+            raise KeyboardInterrupt
     outcome = StudyOutcome(summary)
     for r in results:
         if r["status"] == "diverged":
@@ -147,8 +135,9 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     return outcome
 
 
-def _record_wall(out: Path, meta: dict, start: float) -> None:
-    meta = {**read_json(out / "study.json")}
+def _record_wall(out: Path, start: float) -> None:
+    """Add this invocation's wall time to the study's total (a resumed study sums its sessions)."""
+    meta = read_json(out / "study.json")
     meta["wall_seconds"] = round(meta.get("wall_seconds", 0.0) + time.perf_counter() - start, 2)
     atomic_write_json(out / "study.json", meta)
 

@@ -140,6 +140,27 @@ def config_diff(saved: dict, wanted: dict) -> list[str]:
             if saved.get(k) != wanted.get(k)]
 
 
+def check_experiment_dir(exp_dir: Path, cfg: ExperimentConfig, resume: bool) -> bool:
+    """True if `exp_dir` holds results of `cfg` that may be resumed; False if it holds none.
+
+    Results of another config, or results without resume=True, are an error: never overwritten.
+    """
+    config_path = Path(exp_dir) / "config.json"
+    if not config_path.exists():
+        return False
+    diff = config_diff(read_json(config_path), cfg.to_dict())
+    if diff:
+        raise NormlabError(
+            f"{exp_dir} was run with a different config ({'; '.join(diff)}); use another --out, "
+            "or delete that directory to start over."
+        )
+    if not resume:
+        raise NormlabError(
+            f"{exp_dir} already holds results; pass --resume to continue it or --out to start elsewhere."
+        )
+    return True
+
+
 ProgressFn = Callable[[int, int, float, float], None]  # (images done, total, loss, accuracy)
 
 
@@ -178,21 +199,8 @@ class Experiment:
         return read_json(path) if path.exists() else {"status": "pending", "epochs_run": 0}
 
     def _check_directory(self, resume: bool) -> None:
-        config_path = self.dir / "config.json"
-        if config_path.exists():
-            saved = read_json(config_path)
-            diff = config_diff(saved, self.cfg.to_dict())
-            if diff:
-                raise NormlabError(
-                    f"{self.dir} holds experiment {saved.get('name')!r} run with a different config "
-                    f"({'; '.join(diff)}); use another --out, or delete that directory to start over."
-                )
-            if not resume:
-                raise NormlabError(
-                    f"{self.dir} already holds results; pass --resume to continue it or --out to start elsewhere."
-                )
-        else:
-            atomic_write_json(config_path, self.cfg.to_dict())
+        if not check_experiment_dir(self.dir, self.cfg, resume):
+            atomic_write_json(self.dir / "config.json", self.cfg.to_dict())
 
     def _restore(self) -> None:
         state = load_checkpoint(self.dir / "model.pt")

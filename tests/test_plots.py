@@ -46,8 +46,11 @@ def _fake_study(root: Path, seeds=(1,), epochs=4) -> Path:
 def captured(monkeypatch):
     """Keep each figure open long enough to inspect its axes."""
     figures = []
+    real_close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
-    return figures
+    yield figures
+    for fig in figures:
+        real_close(fig)
 
 
 @pytest.mark.parametrize("seeds", [(1,), (1, 2, 3)])

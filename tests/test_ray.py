@@ -1,0 +1,58 @@
+"""--executor ray: the same experiments as Ray tasks on a local Ray instance, same files, same numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from normlab.cli import main
+from normlab.train import read_metrics
+
+TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--quiet"]
+SCIENCE = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"]
+
+
+@pytest.mark.slow
+def test_ray_study_matches_the_local_executor(tmp_path):
+    pytest.importorskip("ray")
+    assert main(["run", *TINY_ARGS, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
+    assert main(["run", *TINY_ARGS, "--workers", "2", "--out", str(tmp_path / "local")]) == 0
+    ray_summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert {e["name"] for e in ray_summary["experiments"]} == {"bn-l1", "gn", "ln"}
+    for e in ray_summary["experiments"]:
+        assert e["status"] == "done" and e["epochs_run"] == 2
+        ours = read_metrics(tmp_path / "ray" / e["dir"] / "metrics.csv")
+        local = read_metrics(tmp_path / "local" / e["dir"] / "metrics.csv")
+        assert [[r[k] for k in SCIENCE] for r in ours] == [[r[k] for k in SCIENCE] for r in local]
+    for f in ("test_loss.png", "test_accuracy.png", "report.md"):
+        assert (tmp_path / "ray" / f).exists()
+
+
+@pytest.mark.slow
+def test_ray_resumes_an_interrupted_study(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "r"
+    # "interrupted": one epoch done locally, then the two-epoch study resumes under Ray
+    one = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--quiet"]
+    from normlab.config import ExperimentConfig
+    from normlab.train import Experiment
+    cfg = ExperimentConfig(name="ln", norm="ln", epochs=2, train_limit=512, test_limit=256, batch_size=64)
+    Experiment(cfg, out / "ln-seed1").run_epoch()
+    assert main(["train", "--norm", "ln", *one, "--executor", "ray", "--resume", "--out", str(out)]) == 0
+    rows = read_metrics(out / "ln-seed1" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    assert main(["run", *TINY_ARGS, "--executor", "ray", "--out", str(tmp_path / "x")]) == 2
+    assert "pip install 'normlab[ray]'" in capsys.readouterr().err
