@@ -50,7 +50,9 @@ def _common(p: argparse.ArgumentParser, *, study: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="normlab", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="normlab", description="Compare BatchNorm, LayerNorm and GroupNorm (and L1/L2) on small "
+        "image classifiers, with every number kept in result files.")
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -252,7 +252,6 @@ def _run_in_process(todo: dict, out: Path, device: str, quiet: bool,
             try:
                 m = exp.run_epoch(progress)
             except DivergedError as e:
-                bar.close()
                 exp.diverged(e)
                 status = {"dir": name, "status": "diverged", "message": str(e), "epoch": e.epoch}
                 tqdm.write(f"{name}: diverged: {e}")
