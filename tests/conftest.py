@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from normlab.config import ExperimentConfig
+from normlab.train import METRIC_COLUMNS
 
 TINY = dict(epochs=2, train_limit=512, test_limit=256, batch_size=64)
 
@@ -12,3 +13,8 @@ TINY = dict(epochs=2, train_limit=512, test_limit=256, batch_size=64)
 @pytest.fixture
 def tiny_cfg() -> ExperimentConfig:
     return ExperimentConfig(name="t", norm="bn", **TINY)
+
+
+def science(rows: list[dict]) -> list[list]:
+    """Every metric but wall time: what must match between two runs of the same experiment."""
+    return [[r[k] for k in METRIC_COLUMNS if k != "seconds"] for r in rows]

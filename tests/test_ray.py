@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import science
 
 from normlab.cli import main
 from normlab.train import read_metrics
 
 TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--quiet"]
-SCIENCE = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"]
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_ray_study_matches_the_local_executor(tmp_path):
         assert e["status"] == "done" and e["epochs_run"] == 2
         ours = read_metrics(tmp_path / "ray" / e["dir"] / "metrics.csv")
         local = read_metrics(tmp_path / "local" / e["dir"] / "metrics.csv")
-        assert [[r[k] for k in SCIENCE] for r in ours] == [[r[k] for k in SCIENCE] for r in local]
+        assert science(ours) == science(local)
     for f in ("test_loss.png", "test_accuracy.png", "report.md"):
         assert (tmp_path / "ray" / f).exists()
 
