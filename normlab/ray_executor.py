@@ -52,7 +52,7 @@ def run_with_ray(study: Study, out: Path, *, device: str = "cpu", address: str |
                                "check --address.") from None
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_train_all_epochs)
-        todo = _pending(study, out)
+        todo = _pending(study.experiments, out)
         refs = {task.remote(cfg.to_dict(), str(out.resolve() / name), device): (name, cfg)
                 for name, (cfg, _) in todo.items()}
         final = []

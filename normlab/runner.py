@@ -6,6 +6,11 @@ always hands out the least advanced experiment that is not in flight. So 3 exper
 2 cores finish together instead of leaving one core idle for the last third, and every
 epoch that finished is on disk whatever happens next. Each worker runs one torch thread:
 two one-thread processes train 1.45x faster than one two-thread process (DESIGN.md).
+
+With several seeds the local executor runs them as rounds, seed after seed: each round is
+the whole study for one seed, so an interrupted study leaves complete seeds behind (not
+every experiment a third done), and each round's wall time is the time of one full study
+on this machine, recorded per seed next to the total.
 """
 
 from __future__ import annotations
@@ -110,14 +115,20 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         start = time.perf_counter()
         previous = signal.signal(signal.SIGTERM, _raise_terminate)
         interrupted = False
+        results: list[dict] = []
         try:
             if executor == "ray":
                 from .ray_executor import run_with_ray
                 results = run_with_ray(study, out, device=device, address=address, quiet=quiet,
                                        on_epoch=on_epoch)
             else:
-                results = _run_local(study, out, workers=workers, device=device, quiet=quiet,
-                                     on_epoch=on_epoch)
+                with LocalExecutor(workers, device, quiet, on_epoch) as local:
+                    for seed, todo in seed_rounds(study, out):
+                        round_start = time.perf_counter()
+                        try:
+                            results += local.run(todo, out, f"{study.name} seed {seed}")
+                        finally:
+                            _record_wall(out, round_start, key=f"seed {seed}")
         except (KeyboardInterrupt, _Terminate):
             interrupted = True
         finally:  # whatever happened, the time spent and every finished epoch reach summary.json
@@ -135,10 +146,18 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     return outcome
 
 
-def _record_wall(out: Path, start: float) -> None:
-    """Add this invocation's wall time to the study's total (a resumed study sums its sessions)."""
+def _record_wall(out: Path, start: float, key: str | None = None) -> None:
+    """Add wall time since `start` to the study's total, or with `key` to one seed round's.
+
+    Sums over invocations, so a resumed study reports all the time it took.
+    """
     meta = read_json(out / "study.json")
-    meta["wall_seconds"] = round(meta.get("wall_seconds", 0.0) + time.perf_counter() - start, 2)
+    elapsed = time.perf_counter() - start
+    if key is None:
+        meta["wall_seconds"] = round(meta.get("wall_seconds", 0.0) + elapsed, 2)
+    else:
+        rounds = meta.setdefault("round_wall_seconds", {})
+        rounds[key] = round(rounds.get(key, 0.0) + elapsed, 2)
     atomic_write_json(out / "study.json", meta)
 
 
@@ -146,13 +165,25 @@ def finish_summary(study: Study, out: Path, device: str, workers: int | None) ->
     meta = read_json(out / "study.json")
     extra = {"description": study.description, "wall_seconds": meta["wall_seconds"],
              "machine": machine_description(device), "workers": workers}
+    if meta.get("round_wall_seconds"):
+        extra["seed_rounds"] = [{"seed": int(k.split()[1]), "wall_seconds": v}
+                                for k, v in meta["round_wall_seconds"].items()]
     return write_summary(out, study.name, [out / e.dirname for e in study.experiments], extra)
 
 
-def _pending(study: Study, out: Path) -> dict[str, tuple[ExperimentConfig, int]]:
+def seed_rounds(study: Study, out: Path):
+    """(seed, unfinished experiments of that seed) in the order the seeds were given."""
+    seeds = list(dict.fromkeys(cfg.seed for cfg in study.experiments))
+    for seed in seeds:
+        todo = _pending([c for c in study.experiments if c.seed == seed], out)
+        if todo:
+            yield seed, todo
+
+
+def _pending(experiments: list[ExperimentConfig], out: Path) -> dict[str, tuple[ExperimentConfig, int]]:
     """dirname -> (config, epochs already on disk) for experiments not yet done or diverged."""
     todo = {}
-    for cfg in study.experiments:
+    for cfg in experiments:
         status_path = out / cfg.dirname / "status.json"
         status = read_json(status_path) if status_path.exists() else {"status": "pending", "epochs_run": 0}
         if status["status"] in ("done", "diverged"):
@@ -168,20 +199,43 @@ def _echo(quiet: bool, on_epoch: Callable[[str], None] | None, line: str) -> Non
         on_epoch(line)
 
 
-def _run_local(study: Study, out: Path, *, workers: int | None, device: str, quiet: bool,
-               on_epoch: Callable[[str], None] | None = None) -> list[dict]:
-    todo = _pending(study, out)
-    if not todo:
-        return []
+class LocalExecutor:
+    """Epoch tasks over a pool of one-thread worker processes, kept across seed rounds."""
+
+    def __init__(self, workers: int | None, device: str, quiet: bool,
+                 on_epoch: Callable[[str], None] | None = None):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.device, self.quiet, self.on_epoch = device, quiet, on_epoch
+        self.pool = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pool is not None:
+            if exc_type is None:
+                self.pool.close()
+            else:
+                self.pool.terminate()
+            self.pool.join()
+
+    def run(self, todo: dict, out: Path, label: str) -> list[dict]:
+        if min(self.workers, len(todo)) == 1:
+            return _run_in_process(todo, out, self.device, self.quiet, self.on_epoch)
+        if self.pool is None:
+            self.pool = mp.get_context("spawn").Pool(self.workers, initializer=_worker_init, initargs=(1,))
+        return _run_pool(self.pool, min(self.workers, len(todo)), todo, out, label, self.device,
+                         self.quiet, self.on_epoch)
+
+
+def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str, quiet: bool,
+              on_epoch: Callable[[str], None] | None = None) -> list[dict]:
+    """Hand out epochs of `todo`, least advanced experiment first, `workers` at a time."""
     total_epochs = sum(cfg.epochs - done for cfg, done in todo.values())
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    if workers == 1:
-        return _run_in_process(todo, out, device, quiet, on_epoch)
-    bar = tqdm(total=total_epochs, unit="epoch", desc=f"{study.name} ({workers} workers)",
+    bar = tqdm(total=total_epochs, unit="epoch", desc=f"{label} ({workers} workers)",
                disable=quiet, dynamic_ncols=True)
     results: list[dict] = []
     done_q: queue.Queue = queue.Queue()
-    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(1,))
     in_flight: set[str] = set()
     try:
         def submit_next() -> bool:
@@ -222,14 +276,8 @@ def _run_local(study: Study, out: Path, *, workers: int | None, device: str, qui
                 results.append(r)
             while len(in_flight) < workers and submit_next():
                 pass
-    except BaseException:
-        pool.terminate()
-        pool.join()
+    finally:
         bar.close()
-        raise
-    pool.close()
-    pool.join()
-    bar.close()
     return results
 
 

@@ -1,0 +1,23 @@
+"""The local executor: several seeds run as rounds, seed after seed, each with its own wall time."""
+
+from __future__ import annotations
+
+from conftest import TINY
+
+from normlab.config import ExperimentConfig
+from normlab.runner import run_study
+from normlab.studies import build_study
+
+
+def test_seeds_run_as_rounds_in_order_with_their_wall_time(tmp_path):
+    base = ExperimentConfig(name="x", **{**TINY, "epochs": 1, "train_limit": 256})
+    study = build_study("mission", base, seeds=[2, 1])
+    lines: list[str] = []
+    outcome = run_study(study, tmp_path, workers=2, quiet=True, on_epoch=lines.append)
+    seeds_in_order = [int(line.split("-seed")[1].split()[0]) for line in lines]
+    assert seeds_in_order == [2, 2, 2, 1, 1, 1]  # every experiment of seed 2 before any of seed 1
+    rounds = outcome.summary["seed_rounds"]
+    assert [r["seed"] for r in rounds] == [2, 1]
+    assert all(r["wall_seconds"] > 0 for r in rounds)
+    assert sum(r["wall_seconds"] for r in rounds) <= outcome.summary["wall_seconds"]
+    assert all(e["status"] == "done" for e in outcome.summary["experiments"])
