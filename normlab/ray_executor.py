@@ -1,8 +1,10 @@
 """`--executor ray`: the same experiments as Ray tasks, for studies larger than one machine.
 
-Each experiment is one Ray task that runs its remaining epochs with the same code and files as
-the local executor (one torch thread per task, resumable from its last checkpoint), so results
-land in the same layout. The output directory must be reachable by every node (a shared
+The unit of work is the local executor's: one epoch of one experiment, from its files to its
+files (one torch thread per task, resumable from the last checkpoint), so results land in the
+same layout. Each experiment has one epoch in flight at a time and the next is submitted when
+it returns, so epoch lines and the progress bar stream as they finish and a lost node costs at
+most one epoch per experiment. The output directory must be reachable by every node (a shared
 filesystem) — Ray moves the task, not the files.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
+from tqdm import tqdm
 
 from .errors import NormlabError
 from .studies import Study
@@ -23,23 +27,18 @@ def _ray():
     return ray
 
 
-def _train_all_epochs(cfg_dict: dict, exp_dir: str, device: str) -> list[dict]:
+def _epoch_task(cfg_dict: dict, exp_dir: str, device: str) -> dict:
     import torch
 
     from .runner import _safe_task
 
     torch.set_num_threads(1)
-    results = []
-    while True:
-        r = _safe_task(cfg_dict, exp_dir, device)
-        results.append(r)
-        if r["status"] != "running":
-            return results
+    return _safe_task(cfg_dict, exp_dir, device)
 
 
 def run_with_ray(study: Study, out: Path, *, device: str = "cpu", address: str | None = None,
                  quiet: bool = False, on_epoch: Callable[[str], None] | None = None) -> list[dict]:
-    from .runner import _pending, epoch_line
+    from .runner import _echo, _pending, epoch_line
 
     ray = _ray()
     started_here = not ray.is_initialized()
@@ -50,25 +49,38 @@ def run_with_ray(study: Study, out: Path, *, device: str = "cpu", address: str |
         except Exception as e:
             raise NormlabError(f"could not connect to Ray at {address or 'a new local instance'} ({e}); "
                                "check --address.") from None
+    todo = _pending(study.experiments, out)
+    bar = tqdm(total=sum(cfg.epochs - done for cfg, done in todo.values()), unit="epoch",
+               desc=f"{study.name} (ray)", disable=quiet, dynamic_ncols=True)
     try:
-        task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_train_all_epochs)
-        todo = _pending(study.experiments, out)
-        refs = {task.remote(cfg.to_dict(), str(out.resolve() / name), device): (name, cfg)
-                for name, (cfg, _) in todo.items()}
+        task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_epoch_task)
+        in_flight = {}
+
+        def submit(name: str) -> None:
+            cfg, _ = todo[name]
+            in_flight[task.remote(cfg.to_dict(), str(out.resolve() / name), device)] = name
+
+        for name in todo:
+            submit(name)
         final = []
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            name, cfg = refs[ready[0]]
-            for r in ray.get(ready[0]):
-                if "metrics" in r:
-                    line = epoch_line(name, r["metrics"], cfg.epochs)
-                    if not quiet:
-                        print(line)
-                    elif on_epoch:
-                        on_epoch(line)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            name = in_flight.pop(ready[0])
+            r = ray.get(ready[0])
+            cfg, done = todo[name]
+            if "metrics" in r:
+                bar.update(1)
+                _echo(quiet, on_epoch, epoch_line(name, r["metrics"], cfg.epochs))
+                todo[name] = (cfg, r["epoch"])
+            if r["status"] == "running":
+                submit(name)
+                continue
+            if r["status"] != "done":
+                bar.total -= cfg.epochs - todo[name][1]  # epochs that will never run
+                tqdm.write(f"{name}: {r['status']}: {r['message']}")
             final.append(r)
         return final
     finally:
+        bar.close()
         if started_here:
             ray.shutdown()

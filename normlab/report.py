@@ -84,8 +84,17 @@ def final_table(summary: dict) -> str:
             lines.append(f"{r['name']:<22} {r['params'] or 0:>6} {len(r['seeds']):>5} {'-':>16} {'-':>10} "
                          f"{'-':>10} {'-':>8}  {','.join(r['statuses'])}")
     if summary.get("wall_seconds") is not None:
-        lines.append(f"study wall time: {summary['wall_seconds']:.0f} s")
+        lines.append(f"study wall time: {wall_time_text(summary)}")
     return "\n".join(lines)
+
+
+def wall_time_text(summary: dict) -> str:
+    """'1830 s' or, for a study run seed after seed, '1830 s (seed 1: 610 s, seed 2: 612 s, ...)'."""
+    text = f"{summary.get('wall_seconds', 0):.0f} s"
+    rounds = summary.get("seed_rounds") or []
+    if len(rounds) > 1:
+        text += " (" + ", ".join(f"seed {r['seed']}: {r['wall_seconds']:.0f} s" for r in rounds) + ")"
+    return text
 
 
 def refresh_summary(study_dir: Path) -> dict:
@@ -134,7 +143,7 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
         f"- epochs: {summary['epochs']}; experiments: {len(summary['experiments'])}",
         f"- machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, device {m.get('device', '?')}"
         + (f" ({m['gpu']})" if m.get("gpu") else "") + f", torch {m.get('torch', '?')}",
-        f"- study wall time: {summary.get('wall_seconds', 0):.0f} s",
+        f"- study wall time: {wall_time_text(summary)}",
         "",
         "## Results",
         "",

@@ -123,12 +123,13 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                                        on_epoch=on_epoch)
             else:
                 with LocalExecutor(workers, device, quiet, on_epoch) as local:
-                    for seed, todo in seed_rounds(study, out):
+                    for seed, todo in seed_rounds(study, out, local.workers):
                         round_start = time.perf_counter()
                         try:
-                            results += local.run(todo, out, f"{study.name} seed {seed}")
+                            results += local.run(todo, out, study.name if seed is None else f"{study.name} seed {seed}")
                         finally:
-                            _record_wall(out, round_start, key=f"seed {seed}")
+                            if seed is not None:
+                                _record_wall(out, round_start, key=f"seed {seed}")
         except (KeyboardInterrupt, _Terminate):
             interrupted = True
         finally:  # whatever happened, the time spent and every finished epoch reach summary.json
@@ -171,9 +172,18 @@ def finish_summary(study: Study, out: Path, device: str, workers: int | None) ->
     return write_summary(out, study.name, [out / e.dirname for e in study.experiments], extra)
 
 
-def seed_rounds(study: Study, out: Path):
-    """(seed, unfinished experiments of that seed) in the order the seeds were given."""
+def seed_rounds(study: Study, out: Path, workers: int):
+    """(seed, unfinished experiments of that seed) in the order the seeds were given.
+
+    One round (seed None) when there is one seed, or when a seed has fewer experiments than
+    there are workers: rounds would leave cores idle.
+    """
     seeds = list(dict.fromkeys(cfg.seed for cfg in study.experiments))
+    if len(seeds) == 1 or len(study.experiments) < workers * len(seeds):
+        todo = _pending(study.experiments, out)
+        if todo:
+            yield None, todo
+        return
     for seed in seeds:
         todo = _pending([c for c in study.experiments if c.seed == seed], out)
         if todo:

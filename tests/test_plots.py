@@ -38,6 +38,7 @@ def _fake_study(root: Path, seeds=(1,), epochs=4) -> Path:
                             "pixels": rng.integers(0, 256, (28, 28)).tolist()} for i in range(10)]})
     atomic_write_json(root / "summary.json", {
         "study": "mission", "dataset": "mnist", "epochs": epochs, "wall_seconds": 12.0,
+        "seed_rounds": [{"seed": s, "wall_seconds": 4.0 + s} for s in seeds],
         "experiments": [{"dir": f"{n}-seed{s}"} for s in seeds for n, _, _ in MODELS]})
     return root
 
@@ -97,4 +98,5 @@ def test_report_aggregates_seeds_with_mean_and_std(tmp_path):
     assert all(r["final_std"] >= 0 and r["final_min"] <= r["final_mean"] <= r["final_max"] for r in rows)
     text = (root / "report.md").read_text()
     assert "±" in text and "![test_accuracy](test_accuracy.png)" in text
+    assert "study wall time: 12 s (seed 1: 5 s, seed 2: 6 s, seed 3: 7 s)" in text
     assert plots.describe(rows[0]["entry"]) == "bn-l1: BN, L1 0.0001"

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from normlab.explain import explain_text
+from normlab.report import aggregate
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -42,4 +43,9 @@ def test_mission_accuracies_in_the_readme_come_from_the_results():
     for e in summary["experiments"]:
         assert e["status"] == "done" and e["epochs_run"] == 20 and e["params"] < 8000
         assert f"{e['final_test_accuracy']:.2f}" in README, e["name"]
-    assert f"{summary['wall_seconds']:.0f} s" in README
+    for row in aggregate(summary):
+        assert len(row["seeds"]) >= 3, row["name"]
+        assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in README, row["name"]
+    assert f"{summary['wall_seconds']:,.0f} s" in README
+    for r in summary["seed_rounds"]:
+        assert f"{r['wall_seconds']:.0f} s" in README, r["seed"]

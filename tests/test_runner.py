@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from conftest import TINY
 
 from normlab.config import ExperimentConfig
 from normlab.runner import run_study
-from normlab.studies import build_study
+from normlab.studies import Study, build_study
 
 
 def test_seeds_run_as_rounds_in_order_with_their_wall_time(tmp_path):
@@ -21,3 +23,11 @@ def test_seeds_run_as_rounds_in_order_with_their_wall_time(tmp_path):
     assert all(r["wall_seconds"] > 0 for r in rounds)
     assert sum(r["wall_seconds"] for r in rounds) <= outcome.summary["wall_seconds"]
     assert all(e["status"] == "done" for e in outcome.summary["experiments"])
+
+
+def test_seeds_share_one_round_when_a_seed_cannot_fill_the_workers(tmp_path):
+    base = ExperimentConfig(name="gn", norm="gn", **{**TINY, "epochs": 1, "train_limit": 256})
+    study = Study("train", [replace(base, seed=s) for s in (1, 2)])
+    outcome = run_study(study, tmp_path, workers=2, quiet=True)
+    assert "seed_rounds" not in outcome.summary  # both seeds ran at once, one per worker
+    assert [e["status"] for e in outcome.summary["experiments"]] == ["done", "done"]
