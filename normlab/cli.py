@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -194,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     except NormlabError as e:
         print(f"normlab: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `normlab run --dry-run | head`: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+        return 1
     except KeyboardInterrupt:
         print("normlab: interrupted; every finished epoch is saved. Continue with the same command "
               "and --resume.", file=sys.stderr)

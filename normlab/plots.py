@@ -227,25 +227,43 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
 
 
 def plot_batch_size(summary: dict, path: Path) -> Path | None:
-    """Final accuracy against batch size, one line per norm; None unless batch sizes vary."""
+    """Final accuracy against batch size, one line per norm; None unless batch sizes vary.
+
+    Points are seed means with min–max bars. When one point falls far below the rest (BN at
+    batch 2), a second panel zooms in on the others, so a collapse does not flatten the
+    differences that remain.
+    """
     finals = _final_by(summary, lambda e: (e["norm"], e["batch_size"]))
     sizes = sorted({k[1] for k in finals})
     if len(sizes) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
-    for norm in sorted({k[0] for k in finals}):
-        xs = [b for b in sizes if (norm, b) in finals]
-        ys = [np.mean(finals[(norm, b)]) for b in xs]
-        ax.plot(xs, ys, marker="o", label=norm.upper())
-        for x, yv in zip(xs, ys):
-            ax.annotate(f"{yv:.2f}", (x, yv), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(b) for b in sizes])
-    ax.set_xlabel("batch size (peak LR scaled linearly with it)")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(_title(summary, f"final test accuracy vs batch size, {summary['epochs']} epochs"), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    norms = sorted({k[0] for k in finals})
+    means = {k: float(np.mean(v)) for k, v in finals.items()}
+    top = max(means.values())
+    near = [m for m in means.values() if m >= top - 1.0]
+    zoom = min(means.values()) < top - 1.0
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(11 if zoom else 7, 4.6), dpi=110, squeeze=False)
+    for panel, ax in enumerate(axes[0]):
+        for i, norm in enumerate(norms):
+            xs = [b for b in sizes if (norm, b) in finals]
+            dodge = 2 ** ((i - (len(norms) - 1) / 2) * 0.04)  # side by side on the log axis
+            ys = [means[(norm, b)] for b in xs]
+            err = [[ys[j] - min(finals[(norm, b)]) for j, b in enumerate(xs)],
+                   [max(finals[(norm, b)]) - ys[j] for j, b in enumerate(xs)]]
+            ax.errorbar([x * dodge for x in xs], ys, yerr=err, marker="o", capsize=3, label=norm.upper())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.set_xlabel("batch size (peak LR scaled linearly with it)")
+        ax.set_ylabel("final test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if panel == 1:
+            ax.set_ylim(min(near) - 0.15, top + 0.15)
+            ax.set_title("zoom: points within 1 point of the best", fontsize=10)
+    n_seeds = max(len(v) for v in finals.values())
+    what = f"final test accuracy vs batch size, {summary['epochs']} epochs"
+    what += f", mean of {n_seeds} seeds (bars: min–max)" if n_seeds > 1 else ""
+    fig.suptitle(_title(summary, what), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

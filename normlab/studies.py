@@ -11,7 +11,7 @@ from .errors import NormlabError
 # L1 factor of the mission's BN model; chosen by measurement (README, "Choosing L1").
 MISSION_L1 = 0.0001
 REG_VALUES = (0.0, 0.001, 0.002)
-BATCH_SIZES = (4, 8, 32, 128)
+BATCH_SIZES = (2, 4, 8, 32, 128)
 BASE_BATCH = 128
 
 

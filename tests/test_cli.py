@@ -193,3 +193,13 @@ def test_two_processes_on_one_directory(tmp_path):
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
     assert first.returncode == 130
+
+
+def test_a_closed_output_pipe_is_a_quiet_exit(monkeypatch, capsys):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (say `head`) has gone
+    closed = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", closed)
+    assert main(["run", "grid15", "--dry-run"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    closed.close()

@@ -100,3 +100,18 @@ def test_report_aggregates_seeds_with_mean_and_std(tmp_path):
     assert "±" in text and "![test_accuracy](test_accuracy.png)" in text
     assert "study wall time: 12 s (seed 1: 5 s, seed 2: 6 s, seed 3: 7 s)" in text
     assert plots.describe(rows[0]["entry"]) == "bn-l1: BN, L1 0.0001"
+
+
+@pytest.mark.parametrize("bn_at_2, panels", [(99.1, 1), (85.0, 2)])
+def test_batch_size_figure_zooms_when_one_point_collapses(tmp_path, captured, bn_at_2, panels):
+    finals = {("bn", 2): bn_at_2, ("bn", 128): 99.3, ("gn", 2): 99.2, ("gn", 128): 99.2}
+    summary = {"study": "batch-size", "dataset": "mnist", "epochs": 5, "experiments": [
+        {"norm": n, "batch_size": b, "status": "done", "final_test_accuracy": a + d}
+        for (n, b), a in finals.items() for d in (-0.02, 0.02)]}  # two seeds each
+    assert plots.plot_batch_size(summary, tmp_path / "b.png").exists()
+    axes = captured[-1].axes
+    assert len(axes) == panels and all(len(ax.get_legend().get_texts()) == 2 for ax in axes)
+    if panels == 2:
+        low, high = axes[1].get_ylim()
+        assert low > 90 and high < 100  # the zoom leaves the collapsed point out
+    assert "mean of 2 seeds" in captured[-1]._suptitle.get_text()
