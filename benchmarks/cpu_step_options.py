@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _output import emit_json
+
 VARIANTS = ("shipped", "batch-512", "bf16-autocast", "torch-compile")
 
 
@@ -100,10 +102,7 @@ def main() -> None:
         "all_runs": {v: [round(x) for x in r] for v, r in runs.items()},
         "machine": machine_description("cpu"),
     }
-    text = json.dumps(result, indent=2)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    print(text)
+    emit_json(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ epoch by epoch. Writes a JSON object to --json-out and prints it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _output import emit_json
 
 from normlab.config import ExperimentConfig
 from normlab.runner import run_study
@@ -49,10 +49,7 @@ def main() -> None:
         "speedup": round(sequential / parallel, 3),
         "machine": machine_description("cpu"),
     }
-    text = json.dumps(result, indent=2)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    print(text)
+    emit_json(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _epoch_task(cfg_dict: dict, exp_dir: str, device: str) -> dict:
 
 def run_with_ray(study: Study, out: Path, *, device: str = "cpu", address: str | None = None,
                  quiet: bool = False, on_epoch: Callable[[str], None] | None = None) -> list[dict]:
-    from .runner import _echo, _pending, epoch_line
+    from .runner import _pending, take_epoch_result
 
     ray = _ray()
     started_here = not ray.is_initialized()
@@ -67,18 +67,10 @@ def run_with_ray(study: Study, out: Path, *, device: str = "cpu", address: str |
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             name = in_flight.pop(ready[0])
             r = ray.get(ready[0])
-            cfg, done = todo[name]
-            if "metrics" in r:
-                bar.update(1)
-                _echo(quiet, on_epoch, epoch_line(name, r["metrics"], cfg.epochs))
-                todo[name] = (cfg, r["epoch"])
-            if r["status"] == "running":
+            if take_epoch_result(r, name, todo, bar, quiet, on_epoch):
+                final.append(r)
+            else:
                 submit(name)
-                continue
-            if r["status"] != "done":
-                bar.total -= cfg.epochs - todo[name][1]  # epochs that will never run
-                tqdm.write(f"{name}: {r['status']}: {r['message']}")
-            final.append(r)
         return final
     finally:
         bar.close()

@@ -238,6 +238,27 @@ class LocalExecutor:
                          self.quiet, self.on_epoch)
 
 
+def take_epoch_result(r: dict, name: str, todo: dict, bar: tqdm, quiet: bool,
+                      on_epoch: Callable[[str], None] | None) -> bool:
+    """Show one epoch task's result and advance `todo`; True when the experiment has finished.
+
+    Shared by the local pool and Ray, so both report epochs, failures and progress alike.
+    """
+    cfg, done = todo[name]
+    if "metrics" in r:
+        bar.update(1)
+        _echo(quiet, on_epoch, epoch_line(name, r["metrics"], cfg.epochs))
+        todo[name] = (cfg, r["epoch"])
+    if r["status"] == "running":
+        return False
+    if r["status"] != "done":
+        bar.total -= cfg.epochs - done  # epochs that will never run
+        tqdm.write(f"{name}: {r['status']}: {r['message']}")
+        if r.get("traceback"):
+            tqdm.write(r["traceback"])
+    return True
+
+
 def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str, quiet: bool,
               on_epoch: Callable[[str], None] | None = None) -> list[dict]:
     """Hand out epochs of `todo`, least advanced experiment first, `workers` at a time."""
@@ -271,18 +292,8 @@ def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str
                 continue
             name = r["dir"]
             in_flight.discard(name)
-            cfg, done = todo[name]
-            if r["status"] in ("running", "done"):
-                bar.update(1)
-                _echo(quiet, on_epoch, epoch_line(name, r["metrics"], cfg.epochs))
-                todo[name] = (cfg, r["epoch"])
-            if r["status"] != "running":
+            if take_epoch_result(r, name, todo, bar, quiet, on_epoch):
                 del todo[name]
-                if r["status"] != "done":
-                    bar.total -= cfg.epochs - done  # epochs that will never run
-                    tqdm.write(f"{name}: {r['status']}: {r['message']}")
-                    if r.get("traceback"):
-                        tqdm.write(r["traceback"])
                 results.append(r)
             while len(in_flight) < workers and submit_next():
                 pass
