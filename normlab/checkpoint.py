@@ -1,9 +1,14 @@
-"""Checkpoints that rebuild their own model, written atomically, read with weights_only=True."""
+"""Checkpoints that rebuild their own model and carry their experiment's whole record.
+
+A checkpoint holds the config, the metrics history, the device, the parameter count and (for a
+diverged run) the divergence, next to the model, optimizer and schedule state. It is the one
+source of truth of an experiment: config.json, metrics.csv and status.json are views of it
+(`normlab.recovery` rebuilds them). Written atomically, read with weights_only=True.
+"""
 
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +19,15 @@ from .fileio import atomic_write_bytes
 from .model import Net, NetConfig
 
 FORMAT = "normlab-checkpoint"
-VERSION = 1
+VERSION = 2  # 2 adds history, device, params and diverged; version 1 files are still read
+REQUIRED = {"epoch": int, "experiment": dict, "net_config": dict, "model": dict, "optimizer": dict,
+            "scheduler": dict}
 
 
-def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int) -> None:
-    """Everything needed to continue training after `epoch`, or to rebuild the model alone."""
+def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, model: dict,
+                    optimizer: dict, scheduler: dict, epoch: int, history: list[dict], device: str,
+                    params: int, diverged: dict | None = None) -> None:
+    """Everything needed to continue training after `epoch`, to rebuild the model, or its views."""
     buf = io.BytesIO()
     state = {
         "format": FORMAT,
@@ -27,9 +35,13 @@ def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, mode
         "epoch": epoch,
         "experiment": experiment,
         "net_config": net_config.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": _to_cpu(optimizer.state_dict()),
-        "scheduler": scheduler.state_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.items()},
+        "optimizer": _to_cpu(optimizer),
+        "scheduler": scheduler,
+        "history": history,
+        "device": device,
+        "params": params,
+        "diverged": diverged,
     }
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -45,32 +57,66 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+class CheckpointError(NormlabError):
+    """A file that is not a usable normlab checkpoint; `reason` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str):
+        self.reason = reason
+        super().__init__(f"{path} is not a normlab checkpoint that can be loaded safely ({reason}); "
+                         "pass the model.pt of a normlab run.")
+
+
+def _not_a_checkpoint(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(path, why)
+
+
 def load_checkpoint(path: Path | str) -> dict:
-    """The checkpoint's dict; one clear error for a missing, foreign or unsafe file."""
+    """The checkpoint's dict; one clear error for a missing, foreign, damaged or unsafe file."""
     path = Path(path)
     if not path.is_file():
         raise NormlabError(f"checkpoint {path} does not exist; pass the model.pt of a normlab run.")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise _not_a_checkpoint(path, "the file is empty")
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise _not_a_checkpoint(path, "not a PyTorch file: corrupt or foreign")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+    except Exception as e:  # any parse failure of a damaged or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NormlabError(
-            f"{path} is not a normlab checkpoint that can be loaded safely ({first[:200]}); "
-            "pass the model.pt of a normlab run."
-        ) from None
+        raise _not_a_checkpoint(path, f"truncated or corrupt: {first[:120]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise NormlabError(f"{path} is not a normlab checkpoint; pass the model.pt of a normlab run.")
-    if state.get("version") != VERSION:
+        raise _not_a_checkpoint(path, "a PyTorch file, but not one that normlab wrote")
+    if state.get("version") not in (1, VERSION):
         raise NormlabError(
             f"{path} is a normlab checkpoint of version {state.get('version')}, this normlab reads "
-            f"version {VERSION}; retrain it with this version."
+            f"versions 1 and {VERSION}; retrain it with this version."
         )
+    bad = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
+    if state["version"] >= 2:
+        history = state.get("history")
+        if not isinstance(history, list) or [r.get("epoch") if isinstance(r, dict) else None
+                                             for r in history] != list(range(1, state.get("epoch", -1) + 1)):
+            bad.append("history")
+        bad += [k for k, kind in (("device", str), ("params", int)) if not isinstance(state.get(k), kind)]
+        if state.get("diverged") is not None and not isinstance(state.get("diverged"), dict):
+            bad.append("diverged")
+    if bad:
+        raise _not_a_checkpoint(path, f"missing or malformed {', '.join(bad)}")
     return state
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> Net:
-    """The eval-mode Net saved at `path`. Input: float images in [0, 1], shape (N, 1, 28, 28)."""
+    """The eval-mode Net saved at `path`.
+
+    Input: float images in [0, 1] or uint8 images in [0, 255], shape (N, 1, 28, 28) or (N, 28, 28).
+    """
     state = load_checkpoint(path)
-    model = Net.from_config(state["net_config"])
-    model.load_state_dict(state["model"])
+    try:
+        model = Net.from_config(state["net_config"])
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise _not_a_checkpoint(Path(path), f"its weights do not fit its network: {first}") from None
     return model.to(device).eval()

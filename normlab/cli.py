@@ -10,12 +10,14 @@ from pathlib import Path
 from . import __version__
 from .config import ExperimentConfig
 from .data import DATASETS
-from .errors import NormlabError
+from .errors import ConfigError, NormlabError
 from .model import NORMS
+from .results import DAMAGED, DIVERGED
 from .studies import PRESETS
 
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # bad input, or a damaged result file: one sentence says which and how to fix it
 EXIT_DIVERGED = 3
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -27,7 +29,7 @@ def _common(p: argparse.ArgumentParser, *, study: bool) -> None:
     if study:
         p.add_argument("--seeds", type=int, nargs="+", metavar="N",
                        help="run every experiment once per seed (default: --seed)")
-    p.add_argument("--seed", type=int, default=d.seed, metavar="N", help=f"random seed (default: {d.seed})")
+    p.add_argument("--seed", type=int, metavar="N", help=f"random seed (default: {d.seed})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
                    help=f"training batch size (default: {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, metavar="F",
@@ -35,7 +37,7 @@ def _common(p: argparse.ArgumentParser, *, study: bool) -> None:
     p.add_argument("--l1", type=float, default=None if study else d.l1, metavar="F",
                    help="L1 factor on conv weights (default: the study's, or 0)")
     p.add_argument("--l2", type=float, default=d.l2, metavar="F", help=f"L2 weight decay on conv weights (default: {d.l2})")
-    p.add_argument("--groups", type=int, default=d.groups, metavar="N", help=f"GroupNorm groups (default: {d.groups})")
+    p.add_argument("--groups", type=int, metavar="N", help=f"GroupNorm groups (default: {d.groups})")
     p.add_argument("--dropout", type=float, default=d.dropout, metavar="F", help=f"dropout probability (default: {d.dropout})")
     p.add_argument("--no-augment", action="store_true", help="train without random affine augmentation")
     p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training images")
@@ -46,8 +48,10 @@ def _common(p: argparse.ArgumentParser, *, study: bool) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="worker processes, one torch thread each (default: one per core)")
     p.add_argument("--executor", default="local", choices=("local", "ray"), help="local processes or a Ray cluster (default: local)")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address for --executor ray (default: start a local Ray)")
-    p.add_argument("--dry-run", action="store_true", help="print the experiments, train nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--dry-run", action="store_true",
+                   help="make every check a real run makes, list each experiment as new, resumable or done; train nothing")
+    p.add_argument("--quiet", action="store_true",
+                   help="no per-epoch lines (progress bars show only on a terminal anyway); notes, errors and the final table remain")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,16 +94,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _base_config(args: argparse.Namespace, name: str, norm: str) -> ExperimentConfig:
+    d = ExperimentConfig()
     return ExperimentConfig(
-        name=name, norm=norm, groups=args.groups, dropout=args.dropout,
-        l1=args.l1 if args.l1 is not None else 0.0, l2=args.l2, seed=args.seed, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, dataset=args.dataset, train_limit=args.train_limit,
-        test_limit=args.test_limit, augment=not args.no_augment)
+        name=name, norm=norm, groups=args.groups if args.groups is not None else d.groups,
+        dropout=args.dropout, l1=args.l1 if args.l1 is not None else 0.0, l2=args.l2,
+        seed=args.seed if args.seed is not None else d.seed,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dataset=args.dataset,
+        train_limit=args.train_limit, test_limit=args.test_limit, augment=not args.no_augment)
 
 
 def _check_workers(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers <= 0:
         raise NormlabError(f"--workers must be a positive integer, got {args.workers}.")
+
+
+def _warn(message: str) -> None:
+    print(f"normlab: warning: {message}", file=sys.stderr)
+
+
+def _warn_unused(args: argparse.Namespace, study) -> None:
+    """Options that change nothing in this study: say so rather than let the user believe they acted."""
+    if args.groups is not None and not any(e.norm == "gn" for e in study.experiments):
+        _warn(f"--groups {args.groups} has no effect: no experiment of this study uses GroupNorm (gn).")
+    if getattr(args, "seeds", None) and args.seed is not None:
+        _warn(f"--seed {args.seed} has no effect beside --seeds {' '.join(map(str, args.seeds))}.")
+
+
+def study_exit_code(summary: dict, failed: list[str]) -> int:
+    """The exit code of a study's state, whatever this invocation did: damaged 2, failed 1, diverged 3."""
+    entries = summary["experiments"]
+    for e in entries:
+        if e["status"] == DAMAGED:
+            print(f"normlab: error: {e['message']}", file=sys.stderr)
+    for f in failed:
+        print(f"normlab: failed: {f}", file=sys.stderr)
+    diverged = [e["dir"] for e in entries if e["status"] == DIVERGED]
+    if diverged and not failed:
+        print(f"normlab: {len(diverged)} experiment(s) diverged: {', '.join(diverged)} "
+              "(recorded in summary.json; the others finished).", file=sys.stderr)
+    if any(e["status"] == DAMAGED for e in entries):
+        return EXIT_USAGE
+    if failed:
+        return EXIT_FAILED
+    return EXIT_DIVERGED if diverged else 0
+
+
+def _dry_run(study, args, out: Path) -> int:
+    """Every check of a real run (config, data, directories, lock), then each experiment's state."""
+    from .fileio import check_can_create, check_unlocked
+    from .runner import cap_workers, plan_study
+
+    check_can_create(out)
+    check_unlocked(out)
+    states = plan_study(study, out, args.resume)
+    todo = sum(s.to_train for s in states.values())
+    workers = cap_workers(args.workers, todo, _note)
+    print(f"study {study.name}: {len(study.experiments)} experiments -> {out} "
+          f"({todo} to run, {workers} worker(s))")
+    for e in study.experiments:
+        state = states[e.dirname]
+        print(f"  {e.dirname:<24} norm={e.norm:<4} l1={e.l1:<7g} l2={e.l2:<7g} batch={e.batch_size:<4} "
+              f"lr={e.lr:<8g} epochs={e.epochs} dataset={e.dataset}  [{state.describe()}]")
+        for name, why in state.repairs:
+            print(f"    would rebuild {name} ({why})")
+    damaged = [s.problem for s in states.values() if s.kind == DAMAGED]
+    for problem in damaged:
+        print(f"normlab: error: {problem}", file=sys.stderr)
+    return EXIT_USAGE if damaged else 0
+
+
+def _note(message: str) -> None:
+    print(f"normlab: {message}", file=sys.stderr)
 
 
 def _execute(study, args, out: Path) -> int:
@@ -108,26 +173,15 @@ def _execute(study, args, out: Path) -> int:
     from .train import resolve_device
 
     device = str(resolve_device(args.device))
+    _warn_unused(args, study)
     if args.dry_run:
-        print(f"study {study.name}: {len(study.experiments)} experiments -> {out}")
-        for e in study.experiments:
-            print(f"  {e.dirname:<24} norm={e.norm:<4} l1={e.l1:<7g} l2={e.l2:<7g} batch={e.batch_size:<4} "
-                  f"lr={e.lr:<8g} epochs={e.epochs} dataset={e.dataset}")
-        return 0
+        return _dry_run(study, args, out)
     outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
                         executor=args.executor, address=args.address, quiet=args.quiet)
-    generate_report(out)
-    print(final_table(outcome.summary))
+    summary = generate_report(out, notify=_note)
+    print(final_table(summary))
     print(f"results: {out}")
-    if outcome.failed:
-        for f in outcome.failed:
-            print(f"normlab: failed: {f}", file=sys.stderr)
-        return 1
-    if outcome.diverged:
-        print(f"normlab: {len(outcome.diverged)} experiment(s) diverged: {', '.join(outcome.diverged)} "
-              "(recorded in summary.json; the others finished).", file=sys.stderr)
-        return EXIT_DIVERGED
-    return 0
+    return study_exit_code(summary, outcome.failed)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -135,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _check_workers(args)
     base = _base_config(args, "base", "bn")
-    seeds = args.seeds if args.seeds else [args.seed]
+    seeds = args.seeds if args.seeds else [base.seed]
     study = build_study(args.study, base, seeds)
     suffix = "" if args.dataset == "mnist" else f"-{args.dataset}"
     out = args.out or Path("runs") / f"{args.study}{suffix}"
@@ -147,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .studies import Study
 
     _check_workers(args)
-    norm = check_norm(args.norm, args.groups)
+    norm = check_norm(args.norm, args.groups if args.groups is not None else ExperimentConfig().groups)
     cfg = _base_config(args, args.name or norm, norm)
     study = Study(name="train", experiments=[cfg], description=f"one experiment: {cfg.name}")
     return _execute(study, args, args.out or Path("runs") / "train")
@@ -156,10 +210,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import final_table, generate_report
 
-    summary = generate_report(args.dir)
+    summary = generate_report(args.dir, notify=_note)
     print(final_table(summary))
     print(f"report: {args.dir / 'report.md'}")
-    return 0
+    return study_exit_code(summary, [])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -192,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ConfigError as e:  # worded for Python (groups=3); here the flag is named (--groups 3)
+        print(f"normlab: error: {e.for_cli()}", file=sys.stderr)
+        return EXIT_USAGE
     except NormlabError as e:
         print(f"normlab: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -199,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
         return 1
+    except OSError as e:  # a file or folder the system refused: one sentence, no traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(f"normlab: error: cannot access{where} ({e.strerror or e}); check the path and its "
+              "permissions.", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("normlab: interrupted; every finished epoch is saved. Continue with the same command "
               "and --resume.", file=sys.stderr)

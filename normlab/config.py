@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
 
 from .data import DATASETS
-from .errors import NormlabError
+from .errors import ConfigError
 from .model import NetConfig, check_norm, config_from_dict
+
+# Experiment names become directory names: no path separators, no hidden or option-like names.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -28,22 +33,35 @@ class ExperimentConfig:
     augment: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError("name", self.name, "{setting} is not a safe experiment name; use up to 64 "
+                              "letters, digits, '.', '_' or '-', starting with a letter or digit.")
         self.norm = check_norm(self.norm, self.groups)
         if self.dataset not in DATASETS:
-            raise NormlabError(
-                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}."
-            )
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
-                            ("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise NormlabError(f"{flag} must be a positive integer, got {value}.")
-        for flag, value in (("--l1", self.l1), ("--l2", self.l2), ("--dropout", self.dropout)):
-            if not value >= 0:  # also rejects NaN
-                raise NormlabError(f"{flag} must be zero or positive, got {value}.")
-        if not self.lr > 0:
-            raise NormlabError(f"--lr must be positive, got {self.lr}.")
+            raise ConfigError("dataset", self.dataset,
+                              f"{{setting}} is not a known dataset; choose one of: {', '.join(DATASETS)}.")
+        for key in ("epochs", "batch_size", "train_limit", "test_limit", "seed"):
+            value = getattr(self, key)
+            if value is None and key.endswith("_limit"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
+                kind = "zero or a positive integer" if key == "seed" else "a positive integer"
+                raise ConfigError(key, value, f"{{setting}} must be {kind}.")
+        for key in ("batch_size", "train_limit"):
+            if getattr(self, key) == 1:
+                raise ConfigError(key, 1, "{setting} leaves batches of one image, which BatchNorm cannot "
+                                  "normalize; use 2 or more.")
+        for key in ("l1", "l2", "dropout", "lr", "momentum"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(key, value, "{setting} must be a finite number.")
+            if value < 0 or (key == "lr" and value == 0):
+                raise ConfigError(key, value, "{setting} must be " + ("positive." if key == "lr"
+                                                                       else "zero or positive."))
         if self.dropout >= 1:
-            raise NormlabError(f"--dropout must be below 1, got {self.dropout}.")
+            raise ConfigError("dropout", self.dropout, "{setting} must be below 1.")
+        if not isinstance(self.augment, bool):
+            raise ConfigError("augment", self.augment, "{setting} must be true or false.")
 
     @property
     def dirname(self) -> str:

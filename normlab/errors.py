@@ -1,12 +1,36 @@
-"""One exception type for every problem a user can fix; the CLI prints its message as one sentence."""
+"""The exceptions a user can act on; the CLI prints each as one sentence and exits non-zero."""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class NormlabError(Exception):
-    """A problem with the user's input, data or environment, stated with its fix."""
+    """A problem with the user's input, data, files or environment, stated with its fix."""
+
+
+class ConfigError(NormlabError, ValueError):
+    """A bad setting. Worded for Python (`groups=3 ...`); `for_cli()` words it as a flag (`--groups 3 ...`).
+
+    `problem` holds `{setting}` where the setting is named, so one sentence serves both callers.
+    """
+
+    def __init__(self, setting: str, value: Any, problem: str):
+        self.setting, self.value, self.problem = setting, value, problem
+        super().__init__(problem.format(setting=f"{setting}={value!r}"))
+
+    def for_cli(self) -> str:
+        flag = "--" + self.setting.replace("_", "-")
+        value = " ".join(map(str, self.value)) if isinstance(self.value, (list, tuple)) else self.value
+        return self.problem.format(setting=f"{flag} {value}")
 
 
 class DataError(NormlabError):
     """A dataset could not be fetched or verified."""
+
+
+class DamagedError(NormlabError):
+    """A result file that cannot be trusted or rebuilt; the message names the file and the fix."""
 
 
 class DivergedError(NormlabError):

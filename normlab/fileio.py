@@ -14,20 +14,42 @@ from typing import Any
 from .errors import NormlabError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def cannot_write(path: Path, error: OSError) -> NormlabError:
+    """One sentence for a failed write, naming the path, the reason and the fix."""
+    return NormlabError(f"cannot write {path} ({error.strerror or error}); make its folder writable "
+                        "or choose another location.")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    """Write to a temp file in the same directory, fsync, then rename over `path`.
+
+    The file gets the mode a plain `open(path, "w")` would (0666 less the umask), not mkstemp's
+    0600, so result files on a shared filesystem are as readable as the PNGs beside them.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise cannot_write(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise cannot_write(path, e) from None
         raise
 
 
@@ -59,6 +81,11 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+def _busy(path: Path) -> NormlabError:
+    return NormlabError(f"another normlab process is already writing {path}; wait for it to finish "
+                        "or use a different --out.")
+
+
 @contextlib.contextmanager
 def directory_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path/.lock` so two runs cannot write the same directory."""
@@ -68,12 +95,37 @@ def directory_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise NormlabError(
-                f"another normlab process is already writing {path}; wait for it to finish "
-                "or use a different --out."
-            ) from None
+            raise _busy(path) from None
         lock_file.write(str(os.getpid()))
         lock_file.flush()
         yield
     finally:
         lock_file.close()
+
+
+def check_unlocked(path: Path) -> None:
+    """Fail as `directory_lock` would if another process holds `path`, without writing anything."""
+    lock = Path(path) / ".lock"
+    if not lock.is_file():
+        return
+    try:
+        with open(lock, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(Path(path)) from None
+    except OSError:
+        pass  # unreadable lock file: the real run will say why it cannot write there
+
+
+def check_can_create(path: Path) -> None:
+    """Fail if `path` could not be created and written, without creating it (for --dry-run)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NormlabError(f"cannot write to output directory {path} ({probe} is not a directory); "
+                           "choose another with --out.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NormlabError(f"cannot write to output directory {path} (Permission denied); "
+                           "choose another with --out.")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import NormlabError
+from .errors import ConfigError
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -63,17 +63,15 @@ def check_norm(norm: str, groups: int = 4) -> str:
     """Normalize and validate a norm name and group count, with a message that names the fix."""
     name = str(norm).strip().lower()
     if name not in NORMS:
-        raise NormlabError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}.")
+        raise ConfigError("norm", norm, f"{{setting}} is not a known norm; choose one of: {', '.join(NORMS)}.")
     if name == "gn":
-        if groups < 1:
-            raise NormlabError(f"--groups must be a positive integer, got {groups}.")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ConfigError("groups", groups, "{setting} must be a positive integer.")
         bad = sorted({w for w in NORM_WIDTHS if w % groups})
         if bad:
             ok = [g for g in range(1, 17) if all(w % g == 0 for w in NORM_WIDTHS)]
-            raise NormlabError(
-                f"--groups {groups} does not divide the {bad[0]} channels of a norm layer; "
-                f"choose one of {', '.join(map(str, ok))}."
-            )
+            raise ConfigError("groups", groups, f"{{setting}} does not divide the {bad[0]} channels of a "
+                              f"norm layer; choose one of {', '.join(map(str, ok))}.")
     return name
 
 
@@ -82,7 +80,8 @@ def config_from_dict(cls, d: dict, what: str):
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
     if unknown:
-        raise NormlabError(f"unknown {what} config keys {sorted(unknown)}; known: {sorted(known)}.")
+        raise ConfigError("keys", sorted(unknown),
+                          f"unknown {what} config keys {sorted(unknown)}; known: {sorted(known)}.")
     return cls(**d)
 
 
@@ -102,6 +101,11 @@ class NetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """True while a CUDA graph is being captured, where a host-side check cannot run."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 class Dropout(nn.Dropout):
@@ -160,6 +164,18 @@ class Net(nn.Module):
             nn.Conv2d(16, 10, 1, bias=False),
         )
 
+    def _as_unit_images(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] images (as `normlab.data.load` returns them) become floats in [0, 1];
+        (N, 28, 28) gains its channel axis. Other integer types, or eval-mode floats outside
+        [0, 1], are refused: a silently wrong answer is worse than an error."""
+        if x.dtype == torch.uint8:
+            x = x.float().div(255)
+        elif not x.is_floating_point():
+            raise TypeError(f"Net takes float images in [0, 1] or uint8 images in [0, 255], got {x.dtype}.")
+        elif not self.training and x.numel() and not _capturing(x):
+            _check_unit_range(x)
+        return x.unsqueeze(1) if x.dim() == 3 else x
+
     @classmethod
     def from_config(cls, config: NetConfig | dict) -> Net:
         if isinstance(config, dict):
@@ -167,8 +183,16 @@ class Net(nn.Module):
         return cls(**config.to_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._as_unit_images(x)
         x = (x - self.input_mean) / self.input_std
         return F.log_softmax(self.features(x).flatten(1), dim=1)
+
+
+def _check_unit_range(x: torch.Tensor) -> None:
+    lo, hi = x.aminmax()
+    if lo.item() < -1e-3 or hi.item() > 1 + 1e-3:
+        raise ValueError(f"Net takes float images in [0, 1], got values from {lo.item():g} to {hi.item():g}; "
+                         "divide [0, 255] images by 255, or pass them as uint8.")
 
 
 def count_parameters(model: nn.Module) -> int:

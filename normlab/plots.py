@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .fileio import read_json  # noqa: E402
-from .train import read_metrics  # noqa: E402
+from .results import read_metrics  # noqa: E402
 
 TARGET_ACCURACY = 99.4
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
@@ -53,7 +53,7 @@ def curves_by_name(study_dir: Path, summary: dict) -> dict[str, dict]:
         out[name] = {
             "entry": runs[0][0],
             "seeds": [e["seed"] for e, _ in runs],
-            "epochs": np.arange(1, n + 1),
+            "epochs": np.array([r["epoch"] for r in runs[0][1][:n]]),  # the x axis is the epoch column
             **{m: np.array([[r[m] for r in rows[:n]] for _, rows in runs]) for m in METRICS},
         }
     return out

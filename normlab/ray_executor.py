@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .errors import NormlabError
 from .studies import Study
 
@@ -36,9 +34,10 @@ def _epoch_task(cfg_dict: dict, exp_dir: str, device: str) -> dict:
     return _safe_task(cfg_dict, exp_dir, device)
 
 
-def run_with_ray(study: Study, out: Path, *, device: str = "cpu", address: str | None = None,
+def run_with_ray(study: Study, out: Path, todo: dict, *, device: str = "cpu", address: str | None = None,
                  quiet: bool = False, on_epoch: Callable[[str], None] | None = None) -> list[dict]:
-    from .runner import _pending, take_epoch_result
+    """Run `todo` (dir name -> (config, epochs on disk)) as Ray tasks; the results of finished experiments."""
+    from .runner import _epoch_bar, take_epoch_result
 
     ray = _ray()
     started_here = not ray.is_initialized()
@@ -49,9 +48,7 @@ def run_with_ray(study: Study, out: Path, *, device: str = "cpu", address: str |
         except Exception as e:
             raise NormlabError(f"could not connect to Ray at {address or 'a new local instance'} ({e}); "
                                "check --address.") from None
-    todo = _pending(study.experiments, out)
-    bar = tqdm(total=sum(cfg.epochs - done for cfg, done in todo.values()), unit="epoch",
-               desc=f"{study.name} (ray)", disable=quiet, dynamic_ncols=True)
+    bar = _epoch_bar(todo, f"{study.name} (ray)", quiet)
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_epoch_task)
         in_flight = {}

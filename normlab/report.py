@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
-from .errors import NormlabError
-from .fileio import atomic_write_json, atomic_write_text, read_json
+from .errors import DamagedError, NormlabError
+from .fileio import atomic_write_text, directory_lock
 from .plots import (
     DATASET_TITLES,
     TARGET_ACCURACY,
@@ -19,8 +20,9 @@ from .plots import (
     plot_misclassified,
     plot_train_vs_test,
 )
-from .summary import experiment_entry
-from .train import read_metrics
+from .recovery import FINISHING, inspect_experiment, repair_views
+from .results import DAMAGED, STUDY, SUMMARY, read_metrics
+from .summary import load_study_meta, save_study_meta, study_experiments, write_summary
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -81,7 +83,7 @@ def final_table(summary: dict) -> str:
                 f"{_pm(r['final_mean'], r['final_std'], r['done']):>16} {r['best_mean']:>10.2f} "
                 f"{r['loss_mean']:>10.4f} {r['seconds_mean']:>8.0f}  {','.join(r['statuses'])}")
         else:
-            lines.append(f"{r['name']:<22} {r['params'] or 0:>6} {len(r['seeds']):>5} {'-':>16} {'-':>10} "
+            lines.append(f"{r['name']:<22} {r['params'] or '-':>6} {len(r['seeds']):>5} {'-':>16} {'-':>10} "
                          f"{'-':>10} {'-':>8}  {','.join(r['statuses'])}")
     if summary.get("wall_seconds") is not None:
         lines.append(f"study wall time: {wall_time_text(summary)}")
@@ -97,34 +99,78 @@ def wall_time_text(summary: dict) -> str:
     return text
 
 
-def refresh_summary(study_dir: Path) -> dict:
-    """summary.json with its entries re-read from the experiment directories, written back."""
-    path = Path(study_dir) / "summary.json"
-    if not path.exists():
-        raise NormlabError(f"{study_dir} has no summary.json; pass the output directory of `normlab run`.")
-    summary = read_json(path)
-    summary["experiments"] = [experiment_entry(Path(study_dir), Path(study_dir) / e["dir"])
-                              for e in summary["experiments"]]
-    atomic_write_json(path, summary)
-    return summary
+def refresh_summary(study_dir: Path, notify: Callable[[str], None] | None = None) -> dict:
+    """summary.json rebuilt from study.json and the experiment directories, after their repairs.
+
+    Views that are missing or damaged are rebuilt from their checkpoints (and a finished
+    experiment's lost misclassified.json by its misclassified pass); a damaged experiment is
+    listed as damaged with its sentence. Holds the directory lock while it writes.
+    """
+    notify = notify or _notice
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise NormlabError(f"{study_dir} is not a directory; pass the output directory of `normlab run`.")
+    with directory_lock(study_dir):
+        meta = load_study_meta(study_dir, notify)
+        experiments = study_experiments(study_dir, meta)
+        if not experiments:
+            raise NormlabError(f"{study_dir} holds no normlab study (no {STUDY}, {SUMMARY} or experiment "
+                               "directories); pass the output directory of `normlab run`.")
+        states = []
+        for name, wanted in experiments:
+            state = inspect_experiment(study_dir / name, wanted)
+            repair_views(state, notify)
+            if state.kind == FINISHING:
+                _misclassified_pass(state, notify)
+                state = inspect_experiment(study_dir / name, wanted)
+            states.append(state)
+        if meta:
+            save_study_meta(study_dir, meta)
+        return write_summary(study_dir, meta, states)
 
 
-def generate_report(study_dir: Path) -> dict:
+def _notice(message: str) -> None:
+    from .train import notice
+
+    notice(message)
+
+
+def _misclassified_pass(state, notify: Callable[[str], None]) -> None:
+    """Redo a finished experiment's lost misclassified.json from its checkpoint (no training)."""
+    import torch
+
+    from .config import ExperimentConfig
+    from .train import Experiment  # the one rare path where a report needs the model
+
+    device = state.checkpoint.get("device", "cpu")
+    device = device if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    try:
+        Experiment(ExperimentConfig.from_dict(state.config), state.dir, device=device, resume=True,
+                   notify=notify).finish()
+    except DamagedError:
+        return  # inspected again by the caller, which reports it as damaged
+    notify(f"{state.dir.name}: rebuilt misclassified.json from its checkpoint.")
+
+
+def generate_report(study_dir: Path, notify: Callable[[str], None] | None = None) -> dict:
     """Draw every figure and write report.md for the study in `study_dir`; return its summary."""
     study_dir = Path(study_dir)
-    summary = refresh_summary(study_dir)
+    summary = refresh_summary(study_dir, notify)
+    shown = {**summary, "experiments": [e for e in summary["experiments"] if e["status"] != DAMAGED]}
     figures = {
-        "test_loss": plot_metric(study_dir, summary, "test_loss", study_dir / "test_loss.png"),
-        "test_accuracy": plot_metric(study_dir, summary, "test_accuracy", study_dir / "test_accuracy.png"),
-        "train_vs_test": plot_train_vs_test(study_dir, summary, study_dir / "train_vs_test.png"),
+        "test_loss": plot_metric(study_dir, shown, "test_loss", study_dir / "test_loss.png"),
+        "test_accuracy": plot_metric(study_dir, shown, "test_accuracy", study_dir / "test_accuracy.png"),
+        "train_vs_test": plot_train_vs_test(study_dir, shown, study_dir / "train_vs_test.png"),
         # study-shaped figures, drawn when the results have that shape
-        "bn_heatmap": plot_bn_regularization_heatmap(summary, study_dir / "bn_l1_l2_heatmap.png"),
-        "comparison": plot_comparison(summary, study_dir / "comparison.png"),
-        "batch_size": plot_batch_size(summary, study_dir / "batch_size.png"),
+        "bn_heatmap": plot_bn_regularization_heatmap(shown, study_dir / "bn_l1_l2_heatmap.png"),
+        "comparison": plot_comparison(shown, study_dir / "comparison.png"),
+        "batch_size": plot_batch_size(shown, study_dir / "batch_size.png"),
     }
     figures = {k: v for k, v in figures.items() if v is not None}
     grids = {}
-    for e in summary["experiments"]:
+    for e in shown["experiments"]:
+        if e["status"] != "done":
+            continue
         path = plot_misclassified(study_dir / e["dir"], e, study_dir / e["dir"] / "misclassified.png")
         if path:
             grids[e["dir"]] = path

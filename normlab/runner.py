@@ -15,10 +15,12 @@ on this machine, recorded per seed next to the total.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -28,28 +30,62 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import data as datasets
 from .config import ExperimentConfig
-from .errors import DivergedError, NormlabError
-from .fileio import atomic_write_json, directory_lock, read_json
+from .errors import DamagedError, DivergedError, NormlabError
+from .fileio import directory_lock
+from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
+from .results import DAMAGED, STUDY, SUMMARY, read_json_file
 from .studies import Study
-from .summary import machine_description, write_summary
-from .train import Experiment, check_experiment_dir
+from .summary import load_study_meta, machine_description, save_study_meta, write_summary
+from .train import Experiment, notice
 
 
 @dataclass
 class StudyOutcome:
+    """The study's state after a run: what diverged, what failed here, what is damaged (with its sentence)."""
+
     summary: dict
     diverged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
 
 
-def check_directories(study: Study, out: Path, resume: bool) -> None:
-    """Fail before any training if a directory holds other or unfinished-but-unresumed results."""
+def plan_study(study: Study, out: Path, resume: bool) -> dict[str, ExperimentState]:
+    """Every experiment's state, read without writing; the checks a run makes before it trains.
+
+    A directory of another config, or results without `resume`, fail the whole study (the
+    command is wrong); a damaged experiment is returned as such, and the others still run.
+    """
     names = [e.dirname for e in study.experiments]
     if len(set(names)) != len(names):
         raise NormlabError("the study has two experiments with the same name and seed.")
-    for cfg in study.experiments:
-        check_experiment_dir(out / cfg.dirname, cfg, resume)
+    for file in (STUDY, SUMMARY):
+        held = read_json_file(Path(out) / file)
+        if held.ok and isinstance(held.value.get("study"), str):
+            if held.value["study"] != study.name:
+                raise NormlabError(f"{out} holds the study '{held.value['study']}', not '{study.name}'; "
+                                   "use another --out.")
+            break
+    states = {cfg.dirname: inspect_experiment(Path(out) / cfg.dirname, cfg.to_dict(), resume)
+              for cfg in study.experiments}
+    for dataset in dict.fromkeys(cfg.dataset for cfg in study.experiments):
+        for split in datasets.SPLITS:  # fetched and verified once here, not in every worker
+            datasets.load(dataset, split)
+    return states
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cap_workers(workers: int | None, experiments: int, notify: Callable[[str], None]) -> int:
+    """Workers = the request (default: one per core), capped at the cores and the experiments to run."""
+    cores = available_cores()
+    n = max(1, min(workers or cores, cores, max(experiments, 1)))
+    if workers is not None and workers > n:
+        notify(f"--workers {workers} capped at {n} ({experiments} experiment(s) to run on {cores} core(s)).")
+    return n
 
 
 def _worker_init(threads: int) -> None:
@@ -58,18 +94,23 @@ def _worker_init(threads: int) -> None:
 
 
 def train_epoch_task(cfg_dict: dict, exp_dir: str, device: str) -> dict:
-    """One epoch of one experiment, from its files to its files. Runs in a worker process."""
+    """One epoch of one experiment, from its files to its files. Runs in a worker process.
+
+    An experiment whose epochs are all on disk gets only its misclassified pass.
+    """
     cfg = ExperimentConfig.from_dict(cfg_dict)
     exp = Experiment(cfg, Path(exp_dir), device=device, resume=True)
-    try:
-        metrics = exp.run_epoch()
-    except DivergedError as e:
-        exp.diverged(e)
-        return {"dir": cfg.dirname, "status": "diverged", "message": str(e), "epoch": e.epoch}
+    result = {"dir": cfg.dirname, "epoch": exp.epoch}
+    if exp.epoch < cfg.epochs:
+        try:
+            result["metrics"] = exp.run_epoch().__dict__
+        except DivergedError as e:
+            exp.diverged(e)
+            return {"dir": cfg.dirname, "status": "diverged", "message": str(e), "epoch": e.epoch}
+        result["epoch"] = exp.epoch
     if exp.epoch >= cfg.epochs:
         exp.finish()
-    return {"dir": cfg.dirname, "status": "done" if exp.epoch >= cfg.epochs else "running",
-            "metrics": metrics.__dict__, "epoch": exp.epoch}
+    return {**result, "status": "done" if exp.epoch >= cfg.epochs else "running"}
 
 
 def _safe_task(cfg_dict: dict, exp_dir: str, device: str) -> dict:
@@ -77,6 +118,8 @@ def _safe_task(cfg_dict: dict, exp_dir: str, device: str) -> dict:
     name = Path(exp_dir).name
     try:
         return train_epoch_task(cfg_dict, exp_dir, device)
+    except DamagedError as e:
+        return {"dir": name, "status": DAMAGED, "message": str(e)}
     except NormlabError as e:
         return {"dir": name, "status": "failed", "message": str(e)}
     except Exception as e:  # a bug: report it with its traceback
@@ -90,8 +133,8 @@ def epoch_line(name: str, m: dict, epochs: int) -> str:
             f"acc {m['test_accuracy']:6.2f}%  {m['images_per_second']:7,.0f} img/s  {m['seconds']:6.1f}s")
 
 
-class _Terminate(Exception):
-    pass
+class _Terminate(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so no `except Exception` mistakes it for a failed epoch."""
 
 
 def _raise_terminate(signum, frame):
@@ -100,18 +143,30 @@ def _raise_terminate(signum, frame):
 
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
               device: str = "cpu", executor: str = "local", address: str | None = None,
-              quiet: bool = False, on_epoch: Callable[[str], None] | None = None) -> StudyOutcome:
+              quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
+              notify: Callable[[str], None] = notice) -> StudyOutcome:
     """Run every unfinished experiment of `study` into `out`, then write summary.json.
 
-    Progress: tqdm bars and one line per epoch, or with quiet=True no bars and each epoch's
-    line passed to `on_epoch` (e.g. `print` in a notebook), if given.
+    Before training, every experiment directory is cross-checked against its checkpoint and its
+    views are rebuilt where needed (each repair passed to `notify`); damaged experiments are left
+    as they are and reported, the others run. Progress: tqdm bars on a terminal and one line per
+    epoch; with quiet=True neither, each epoch's line passed to `on_epoch` if given.
     """
     out = Path(out)
     with directory_lock(out):
-        check_directories(study, out, resume)
-        meta_path = out / "study.json"
-        meta = read_json(meta_path) if meta_path.exists() else {"wall_seconds": 0.0}
-        atomic_write_json(meta_path, {**meta, "study": study.name, "description": study.description})
+        states = plan_study(study, out, resume)
+        meta = load_study_meta(out, notify)
+        meta.update(study=study.name, description=study.description,
+                    experiments=[cfg.to_dict() for cfg in study.experiments])
+        for name, state in states.items():
+            repair_views(state, notify)
+            if state.kind == FINISHING:
+                notify(f"{name}: every epoch is on disk; its misclassified pass runs again to write "
+                       "misclassified.json.")
+        save_study_meta(out, meta)
+        todo = {name: (cfg, states[name].epoch) for name, cfg in
+                ((c.dirname, c) for c in study.experiments) if states[name].to_train}
+        workers = cap_workers(workers, len(todo), notify)
         start = time.perf_counter()
         previous = signal.signal(signal.SIGTERM, _raise_terminate)
         interrupted = False
@@ -119,87 +174,65 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         try:
             if executor == "ray":
                 from .ray_executor import run_with_ray
-                results = run_with_ray(study, out, device=device, address=address, quiet=quiet,
+                results = run_with_ray(study, out, todo, device=device, address=address, quiet=quiet,
                                        on_epoch=on_epoch)
             else:
                 with LocalExecutor(workers, device, quiet, on_epoch) as local:
-                    for seed, todo in seed_rounds(study, out, local.workers):
+                    for seed, round_todo in seed_rounds(study, todo, local.workers):
                         round_start = time.perf_counter()
+                        label = study.name if seed is None else f"{study.name} seed {seed}"
                         try:
-                            results += local.run(todo, out, study.name if seed is None else f"{study.name} seed {seed}")
+                            results += local.run(round_todo, out, label)
                         finally:
                             if seed is not None:
-                                _record_wall(out, round_start, key=f"seed {seed}")
+                                _record_wall(meta, round_start, key=f"seed {seed}")
         except (KeyboardInterrupt, _Terminate):
             interrupted = True
         finally:  # whatever happened, the time spent and every finished epoch reach summary.json
             signal.signal(signal.SIGTERM, previous)
-            _record_wall(out, start)
-            summary = finish_summary(study, out, device, workers)
+            _record_wall(meta, start)
+            meta.update(machine=machine_description(device), workers=workers)
+            save_study_meta(out, meta)
+            summary = write_summary(out, meta)
         if interrupted:
             raise KeyboardInterrupt
     outcome = StudyOutcome(summary)
     for r in results:
-        if r["status"] == "diverged":
-            outcome.diverged.append(r["dir"])
-        elif r["status"] == "failed":
+        if r["status"] == "failed":
             outcome.failed.append(f"{r['dir']}: {r['message']}")
+    outcome.diverged = [e["dir"] for e in summary["experiments"] if e["status"] == "diverged"]
+    outcome.damaged = [e["message"] for e in summary["experiments"] if e["status"] == DAMAGED]
     return outcome
 
 
-def _record_wall(out: Path, start: float, key: str | None = None) -> None:
+def _record_wall(meta: dict, start: float, key: str | None = None) -> None:
     """Add wall time since `start` to the study's total, or with `key` to one seed round's.
 
     Sums over invocations, so a resumed study reports all the time it took.
     """
-    meta = read_json(out / "study.json")
     elapsed = time.perf_counter() - start
     if key is None:
-        meta["wall_seconds"] = round(meta.get("wall_seconds", 0.0) + elapsed, 2)
+        meta["wall_seconds"] = round((meta.get("wall_seconds") or 0.0) + elapsed, 2)
     else:
         rounds = meta.setdefault("round_wall_seconds", {})
         rounds[key] = round(rounds.get(key, 0.0) + elapsed, 2)
-    atomic_write_json(out / "study.json", meta)
 
 
-def finish_summary(study: Study, out: Path, device: str, workers: int | None) -> dict:
-    meta = read_json(out / "study.json")
-    extra = {"description": study.description, "wall_seconds": meta["wall_seconds"],
-             "machine": machine_description(device), "workers": workers}
-    if meta.get("round_wall_seconds"):
-        extra["seed_rounds"] = [{"seed": int(k.split()[1]), "wall_seconds": v}
-                                for k, v in meta["round_wall_seconds"].items()]
-    return write_summary(out, study.name, [out / e.dirname for e in study.experiments], extra)
-
-
-def seed_rounds(study: Study, out: Path, workers: int):
-    """(seed, unfinished experiments of that seed) in the order the seeds were given.
+def seed_rounds(study: Study, todo: dict, workers: int):
+    """(seed, the unfinished experiments of that seed) in the order the seeds were given.
 
     One round (seed None) when there is one seed, or when a seed has fewer experiments than
     there are workers: rounds would leave cores idle.
     """
     seeds = list(dict.fromkeys(cfg.seed for cfg in study.experiments))
     if len(seeds) == 1 or len(study.experiments) < workers * len(seeds):
-        todo = _pending(study.experiments, out)
         if todo:
-            yield None, todo
+            yield None, dict(todo)
         return
     for seed in seeds:
-        todo = _pending([c for c in study.experiments if c.seed == seed], out)
-        if todo:
-            yield seed, todo
-
-
-def _pending(experiments: list[ExperimentConfig], out: Path) -> dict[str, tuple[ExperimentConfig, int]]:
-    """dirname -> (config, epochs already on disk) for experiments not yet done or diverged."""
-    todo = {}
-    for cfg in experiments:
-        status_path = out / cfg.dirname / "status.json"
-        status = read_json(status_path) if status_path.exists() else {"status": "pending", "epochs_run": 0}
-        if status["status"] in ("done", "diverged"):
-            continue
-        todo[cfg.dirname] = (cfg, int(status.get("epochs_run", 0)))
-    return todo
+        round_todo = {k: v for k, v in todo.items() if v[0].seed == seed}
+        if round_todo:
+            yield seed, round_todo
 
 
 def _echo(quiet: bool, on_epoch: Callable[[str], None] | None, line: str) -> None:
@@ -209,40 +242,66 @@ def _echo(quiet: bool, on_epoch: Callable[[str], None] | None, line: str) -> Non
         on_epoch(line)
 
 
+def progress_bars(quiet: bool) -> bool:
+    """Bars only on a terminal: piped output stays a clean log, one line per epoch."""
+    return not quiet and sys.stderr.isatty()
+
+
+_POOL: tuple[int, object] | None = None  # (workers, pool): kept for the next study of this process
+
+
+def _worker_pool(workers: int):
+    """A pool of `workers` one-thread processes, reused across studies in one process.
+
+    Starting a worker (importing torch, loading the data) takes seconds; a notebook or a test
+    suite that runs several studies pays it once. Workers hold no state between epoch tasks:
+    each task rebuilds its experiment from its files.
+    """
+    global _POOL
+    if _POOL is not None and _POOL[0] != workers:
+        _discard_pool()
+    if _POOL is None:
+        _POOL = (workers, mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(1,)))
+        atexit.register(_discard_pool)  # before interpreter teardown, so the pool exits quietly
+    return _POOL[1]
+
+
+def _discard_pool() -> None:
+    global _POOL
+    if _POOL is not None:
+        _POOL[1].terminate()
+        _POOL[1].join()
+        _POOL = None
+
+
 class LocalExecutor:
     """Epoch tasks over a pool of one-thread worker processes, kept across seed rounds."""
 
     def __init__(self, workers: int | None, device: str, quiet: bool,
                  on_epoch: Callable[[str], None] | None = None):
-        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.workers = max(1, workers or available_cores())
         self.device, self.quiet, self.on_epoch = device, quiet, on_epoch
-        self.pool = None
 
     def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.pool is not None:
-            if exc_type is None:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
+        if exc_type is not None:  # interrupted or failed: stop the workers mid-epoch
+            _discard_pool()
 
     def run(self, todo: dict, out: Path, label: str) -> list[dict]:
         if min(self.workers, len(todo)) == 1:
             return _run_in_process(todo, out, self.device, self.quiet, self.on_epoch)
-        if self.pool is None:
-            self.pool = mp.get_context("spawn").Pool(self.workers, initializer=_worker_init, initargs=(1,))
-        return _run_pool(self.pool, min(self.workers, len(todo)), todo, out, label, self.device,
-                         self.quiet, self.on_epoch)
+        return _run_pool(_worker_pool(self.workers), min(self.workers, len(todo)), todo, out, label,
+                         self.device, self.quiet, self.on_epoch)
 
 
 def take_epoch_result(r: dict, name: str, todo: dict, bar: tqdm, quiet: bool,
                       on_epoch: Callable[[str], None] | None) -> bool:
     """Show one epoch task's result and advance `todo`; True when the experiment has finished.
 
-    Shared by the local pool and Ray, so both report epochs, failures and progress alike.
+    Shared by the local pool, the in-process loop and Ray, so all report epochs, failures and
+    progress alike.
     """
     cfg, done = todo[name]
     if "metrics" in r:
@@ -252,29 +311,36 @@ def take_epoch_result(r: dict, name: str, todo: dict, bar: tqdm, quiet: bool,
     if r["status"] == "running":
         return False
     if r["status"] != "done":
-        bar.total -= cfg.epochs - done  # epochs that will never run
-        tqdm.write(f"{name}: {r['status']}: {r['message']}")
+        bar.total -= cfg.epochs - todo[name][1]  # epochs that will never run
+        tqdm.write(f"{name}: {r['status']}: {r['message']}", file=sys.stderr)
         if r.get("traceback"):
-            tqdm.write(r["traceback"])
+            tqdm.write(r["traceback"], file=sys.stderr)
     return True
+
+
+def _next_experiment(todo: dict, in_flight: set[str]) -> str | None:
+    """The least advanced experiment not in flight (ties: study order), so all advance together."""
+    free = [(done, i, name) for i, (name, (cfg, done)) in enumerate(todo.items()) if name not in in_flight]
+    return min(free)[2] if free else None
+
+
+def _epoch_bar(todo: dict, label: str, quiet: bool) -> tqdm:
+    return tqdm(total=sum(cfg.epochs - done for cfg, done in todo.values()), unit="epoch", desc=label,
+                disable=not progress_bars(quiet), dynamic_ncols=True)
 
 
 def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str, quiet: bool,
               on_epoch: Callable[[str], None] | None = None) -> list[dict]:
     """Hand out epochs of `todo`, least advanced experiment first, `workers` at a time."""
-    total_epochs = sum(cfg.epochs - done for cfg, done in todo.values())
-    bar = tqdm(total=total_epochs, unit="epoch", desc=f"{label} ({workers} workers)",
-               disable=quiet, dynamic_ncols=True)
+    bar = _epoch_bar(todo, f"{label} ({workers} workers)", quiet)
     results: list[dict] = []
     done_q: queue.Queue = queue.Queue()
     in_flight: set[str] = set()
     try:
         def submit_next() -> bool:
-            free = [(done, i, name) for i, (name, (cfg, done)) in enumerate(todo.items())
-                    if name not in in_flight]
-            if not free:
+            name = _next_experiment(todo, in_flight)
+            if name is None:
                 return False
-            _, _, name = min(free)
             cfg, _ = todo[name]
             in_flight.add(name)
             pool.apply_async(_safe_task, (cfg.to_dict(), str(out / name), device),
@@ -304,31 +370,17 @@ def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str
 
 def _run_in_process(todo: dict, out: Path, device: str, quiet: bool,
                     on_epoch: Callable[[str], None] | None = None) -> list[dict]:
-    """One experiment at a time in this process, with a progress bar inside each epoch."""
+    """The pool's schedule in this process: one epoch at a time, least advanced experiment first,
+    so an interrupted study leaves its experiments equally far along."""
+    bar = _epoch_bar(todo, "epochs", quiet)
     results = []
-    for name, (cfg, _) in todo.items():
-        exp = Experiment(cfg, out / name, device=device, resume=True)
-        status = {"dir": name, "status": "done"}
-        while exp.epoch < cfg.epochs:
-            bar = tqdm(total=len(exp.data.train_y), unit="img", unit_scale=True, leave=False,
-                       desc=f"{name} epoch {exp.epoch + 1}/{cfg.epochs}", disable=quiet,
-                       dynamic_ncols=True)
-
-            def progress(seen, total, loss, acc, bar=bar):
-                bar.update(seen - bar.n)
-                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}%")
-
-            try:
-                m = exp.run_epoch(progress)
-            except DivergedError as e:
-                exp.diverged(e)
-                status = {"dir": name, "status": "diverged", "message": str(e), "epoch": e.epoch}
-                tqdm.write(f"{name}: diverged: {e}")
-                break
-            finally:
-                bar.close()
-            _echo(quiet, on_epoch, epoch_line(name, m.__dict__, cfg.epochs))
-        else:
-            exp.finish()
-        results.append(status)
+    try:
+        while (name := _next_experiment(todo, set())) is not None:
+            cfg, _ = todo[name]
+            r = _safe_task(cfg.to_dict(), str(out / name), device)
+            if take_epoch_result(r, name, todo, bar, quiet, on_epoch):
+                del todo[name]
+                results.append(r)
+    finally:
+        bar.close()
     return results

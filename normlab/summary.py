@@ -1,24 +1,27 @@
-"""summary.json: one entry per experiment, built from the experiment directories alone."""
+"""study.json and summary.json: a study's definition and record, and the view over all its experiments.
+
+study.json holds what only the study knows: its name, description, the config of every
+experiment, its wall time (per seed round too), the machine and worker count. summary.json is a
+view of study.json and the experiment directories, so either study file can be rebuilt from the
+other and from the checkpoints; the output says when that happens.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .fileio import atomic_write_json, read_json
-from .train import read_metrics
+from .config import ExperimentConfig
+from .fileio import atomic_write_json
+from .recovery import ExperimentState, inspect_experiment
+from .results import CHECKPOINT, CONFIG, DAMAGED, STUDY, SUMMARY, read_json_file
 
-
-def conv_weight_l1(checkpoint: Path) -> float | None:
-    """Σ|w| over the conv weights (the tensors L1/L2 act on) of a saved model."""
-    if not checkpoint.exists():
-        return None
-    state = load_checkpoint(checkpoint)["model"]
-    return round(sum(v.abs().sum().item() for v in state.values() if v.dim() >= 2), 2)
+STUDY_FIELDS = ("study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
+                "workers")
 
 
 def machine_description(device: str = "cpu") -> dict:
@@ -37,25 +40,70 @@ def machine_description(device: str = "cpu") -> dict:
     return info
 
 
-def experiment_entry(study_dir: Path, exp_dir: Path) -> dict:
-    cfg = read_json(exp_dir / "config.json")
-    status_path = exp_dir / "status.json"
-    status = read_json(status_path) if status_path.exists() else {"status": "pending"}
-    rows = read_metrics(exp_dir / "metrics.csv")
+def _meta_from_summary(summary: dict) -> dict:
+    """study.json's fields as a summary.json records them (for rebuilding a lost study.json)."""
+    meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "workers") if k in summary}
+    if summary.get("seed_rounds"):
+        meta["round_wall_seconds"] = {f"seed {r['seed']}": r["wall_seconds"] for r in summary["seed_rounds"]}
+    entries = [e for e in summary.get("experiments", []) if isinstance(e, dict)]
+    known = set(ExperimentConfig.__dataclass_fields__)
+    if entries and all(known <= set(e) for e in entries):
+        meta["experiments"] = [{k: e[k] for k in ExperimentConfig.__dataclass_fields__} for e in entries]
+    elif entries:
+        meta["dirs"] = [e["dir"] for e in entries if isinstance(e.get("dir"), str)]
+    return meta
+
+
+def load_study_meta(study_dir: Path, notify: Callable[[str], None]) -> dict:
+    """study.json's content; rebuilt from summary.json when it is missing or damaged, saying so."""
+    study_dir = Path(study_dir)
+    study = read_json_file(study_dir / STUDY)
+    summary = read_json_file(study_dir / SUMMARY)
+    from_summary = _meta_from_summary(summary.value) if summary.ok else {}
+    if study.ok and isinstance(study.value.get("study"), str):
+        return {**from_summary, **study.value}  # an older study.json lacks fields its summary has
+    if from_summary:
+        notify(f"rebuilt {STUDY} from {SUMMARY} ({study.problem or 'malformed'}).")
+    elif study.problem != "missing":
+        notify(f"{study_dir / STUDY} is {study.problem or 'malformed'} and no {SUMMARY} holds its record; "
+               "its wall time restarts from 0.")
+    return from_summary
+
+
+def save_study_meta(study_dir: Path, meta: dict) -> None:
+    atomic_write_json(Path(study_dir) / STUDY, {k: meta[k] for k in STUDY_FIELDS if k in meta})
+
+
+def study_experiments(study_dir: Path, meta: dict) -> list[tuple[str, dict | None]]:
+    """(directory name, config the study asked for or None) of every experiment of the study.
+
+    From study.json; for older studies from summary.json; failing both, every sub-directory
+    that holds a checkpoint or a config.
+    """
+    if meta.get("experiments"):
+        return [(ExperimentConfig.from_dict(c).dirname, c) for c in meta["experiments"]]
+    if meta.get("dirs"):
+        return [(d, None) for d in meta["dirs"]]
+    return [(p.name, None) for p in sorted(Path(study_dir).iterdir())
+            if p.is_dir() and ((p / CHECKPOINT).exists() or (p / CONFIG).exists())]
+
+
+def conv_weight_l1(state: ExperimentState) -> float | None:
+    """Σ|w| over the conv weights (the tensors L1/L2 act on) of the saved model."""
+    if state.checkpoint is None:
+        return None
+    return round(sum(v.abs().sum().item() for v in state.checkpoint["model"].values() if v.dim() >= 2), 2)
+
+
+def experiment_entry(study_dir: Path, state: ExperimentState) -> dict:
+    """One summary.json entry: the experiment's whole config, then its results."""
+    rows = state.history
     best = max(rows, key=lambda r: (r["test_accuracy"], -r["epoch"])) if rows else None
     last = rows[-1] if rows else None
+    ckpt = state.checkpoint or {}
     entry = {
-        "name": cfg["name"],
-        "norm": cfg["norm"],
-        "l1": cfg["l1"],
-        "l2": cfg["l2"],
-        "seed": cfg["seed"],
-        "batch_size": cfg["batch_size"],
-        "lr": cfg["lr"],
-        "groups": cfg["groups"],
-        "dataset": cfg["dataset"],
-        "params": status.get("params"),
-        "epochs": cfg["epochs"],
+        **(state.config or {"name": state.dir.name}),
+        "params": ckpt.get("params"),
         "epochs_run": len(rows),
         "final_test_accuracy": last["test_accuracy"] if last else None,
         "best_test_accuracy": best["test_accuracy"] if best else None,
@@ -63,30 +111,38 @@ def experiment_entry(study_dir: Path, exp_dir: Path) -> dict:
         "final_test_loss": last["test_loss"] if last else None,
         "final_train_loss": last["train_loss"] if last else None,
         "train_seconds": round(sum(r["seconds"] for r in rows), 2),
-        "conv_weight_l1": conv_weight_l1(exp_dir / "model.pt"),
-        "checkpoint": os.path.relpath(exp_dir / "model.pt", study_dir) if rows else None,
-        "dir": os.path.relpath(exp_dir, study_dir),
-        "status": status["status"],
+        "conv_weight_l1": conv_weight_l1(state),
+        "checkpoint": os.path.relpath(state.dir / CHECKPOINT, study_dir) if rows else None,
+        "dir": os.path.relpath(state.dir, study_dir),
+        "status": state.status,
     }
-    if status.get("message"):
-        entry["message"] = status["message"]
-    if "diverged_epoch" in status:
-        entry["diverged_epoch"] = status["diverged_epoch"]
+    diverged = ckpt.get("diverged")
+    if state.kind == DAMAGED:
+        entry["message"] = state.problem
+    elif diverged:
+        entry["message"], entry["diverged_epoch"] = diverged["message"], diverged["epoch"]
     return entry
 
 
-def write_summary(study_dir: Path, study: str, exp_dirs: list[Path], extra: dict) -> dict:
-    entries = [experiment_entry(study_dir, d) for d in exp_dirs if (d / "config.json").exists()]
+def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | None = None) -> dict:
+    """summary.json from study.json's record and the experiment directories (re-read unless given)."""
+    study_dir = Path(study_dir)
+    if states is None:
+        states = [inspect_experiment(study_dir / d, cfg) for d, cfg in study_experiments(study_dir, meta)]
+    entries = [experiment_entry(study_dir, s) for s in states]
+    configs = [e for e in entries if "dataset" in e]
     summary = {
-        "study": study,
-        "dataset": entries[0]["dataset"] if entries else None,
-        "epochs": max((e["epochs"] for e in entries), default=0),
-        **extra,
-        "experiments": entries,
+        "study": meta.get("study", study_dir.name),
+        "dataset": configs[0]["dataset"] if configs else None,
+        "epochs": max((e["epochs"] for e in configs), default=0),
+        "description": meta.get("description", ""),
+        "wall_seconds": meta.get("wall_seconds"),
+        "machine": meta.get("machine", {}),
+        "workers": meta.get("workers"),
     }
-    atomic_write_json(study_dir / "summary.json", summary)
+    if meta.get("round_wall_seconds"):
+        summary["seed_rounds"] = [{"seed": int(k.split()[1]), "wall_seconds": v}
+                                  for k, v in meta["round_wall_seconds"].items()]
+    summary["experiments"] = entries
+    atomic_write_json(study_dir / SUMMARY, summary)
     return summary
-
-
-def load_summary(study_dir: Path) -> dict:
-    return read_json(Path(study_dir) / "summary.json")

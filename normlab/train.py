@@ -9,9 +9,8 @@ uninterrupted one would (on the same machine).
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,11 +23,12 @@ from . import data as datasets
 from .augment import AugmentConfig, random_affine
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .errors import DivergedError, NormlabError
-from .fileio import atomic_write_json, atomic_write_text, read_json
+from .errors import DamagedError, DivergedError, NormlabError
+from .fileio import atomic_write_json, read_json
 from .model import Net, count_parameters
+from .recovery import inspect_experiment, repair_views, status_view, write_views
+from .results import CHECKPOINT, CONFIG, DAMAGED, DIVERGED, DONE, MISCLASSIFIED, RUNNING, STATUS
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"]
 AUGMENT = AugmentConfig()
 EVAL_BATCH = 2000
 MISCLASSIFIED_COUNT = 10
@@ -44,6 +44,10 @@ class EpochMetrics:
     lr: float  # learning rate at the last step of the epoch
     seconds: float  # wall time of the epoch, training and evaluation
     images_per_second: float = 0.0  # training only; shown, not saved in metrics.csv
+
+    def row(self) -> dict:
+        """The metrics.csv row (and checkpoint history entry) of this epoch."""
+        return {k: v for k, v in asdict(self).items() if k != "images_per_second"}
 
 
 @dataclass
@@ -118,76 +122,50 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return loss, accuracy
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r[k] for k in METRIC_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
-def config_diff(saved: dict, wanted: dict) -> list[str]:
-    return [f"{k} {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(saved) | set(wanted))
-            if saved.get(k) != wanted.get(k)]
-
-
-def check_experiment_dir(exp_dir: Path, cfg: ExperimentConfig, resume: bool) -> bool:
-    """True if `exp_dir` holds results of `cfg` that may be resumed; False if it holds none.
-
-    Results of another config, or results without resume=True, are an error: never overwritten.
-    """
-    config_path = Path(exp_dir) / "config.json"
-    if not config_path.exists():
-        return False
-    diff = config_diff(read_json(config_path), cfg.to_dict())
-    if diff:
-        raise NormlabError(
-            f"{exp_dir} was run with a different config ({'; '.join(diff)}); use another --out, "
-            "or delete that directory to start over."
-        )
-    if not resume:
-        raise NormlabError(
-            f"{exp_dir} already holds results; pass --resume to continue it or --out to start elsewhere."
-        )
-    return True
+def notice(message: str) -> None:
+    """A repair or a note the user should see even with --quiet, on stderr."""
+    print(f"normlab: {message}", file=sys.stderr, flush=True)
 
 
 ProgressFn = Callable[[int, int, float, float], None]  # (images done, total, loss, accuracy)
 
 
 class Experiment:
-    """One experiment's model, optimizer and schedule, tied to its directory of result files."""
+    """One experiment's model, optimizer and schedule, tied to its directory of result files.
+
+    The directory is cross-checked first (`normlab.recovery`): views are rebuilt from the
+    checkpoint, and a damaged experiment raises DamagedError before anything is written.
+    """
 
     def __init__(self, cfg: ExperimentConfig, exp_dir: Path, device: str | torch.device = "cpu",
-                 resume: bool = False):
+                 resume: bool = False, notify: Callable[[str], None] = notice):
         self.cfg = cfg
         self.dir = Path(exp_dir)
         self.device = resolve_device(str(device))
         self.data = load_data(cfg.dataset, cfg.train_limit, cfg.test_limit, self.device.type)
-        self._check_directory(resume)
-        torch.manual_seed(cfg.seed)  # a fresh initialization derived from the seed alone
+        state = inspect_experiment(self.dir, cfg.to_dict(), resume)
+        if state.kind == DAMAGED:
+            raise DamagedError(state.problem)
         self.net_config = cfg.net_config(self.data.mean, self.data.std)
-        self.model = Net.from_config(self.net_config).to(self.device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(parameter_groups(self.model, cfg.l2), lr=cfg.lr,
-                                         momentum=cfg.momentum)
         self.slices = batch_slices(len(self.data.train_y), cfg.batch_size)
-        if not self.slices:
-            raise NormlabError(f"--train-limit {cfg.train_limit} leaves no batch of two or more images.")
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(self.slices))
+        self._fresh()
         self.epoch = 0
         self.history: list[dict] = []
-        if (self.dir / "model.pt").exists():
-            self._restore()
+        self.diverged_at: dict | None = None
+        repair_views(state, notify)
+        if state.checkpoint is not None:
+            self._restore(state.checkpoint)
+        else:
+            atomic_write_json(self.dir / CONFIG, cfg.to_dict())
+
+    def _fresh(self) -> None:
+        """A fresh initialization derived from the seed alone, with its optimizer and schedule."""
+        torch.manual_seed(self.cfg.seed)
+        self.model = Net.from_config(self.net_config).to(self.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(parameter_groups(self.model, self.cfg.l2), lr=self.cfg.lr,
+                                         momentum=self.cfg.momentum)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=self.cfg.lr, total_steps=self.cfg.epochs * len(self.slices))
 
     @property
     def params(self) -> int:
@@ -195,31 +173,38 @@ class Experiment:
 
     @property
     def status(self) -> dict:
-        path = self.dir / "status.json"
+        path = self.dir / STATUS
         return read_json(path) if path.exists() else {"status": "pending", "epochs_run": 0}
 
-    def _check_directory(self, resume: bool) -> None:
-        if not check_experiment_dir(self.dir, self.cfg, resume):
-            atomic_write_json(self.dir / "config.json", self.cfg.to_dict())
-
-    def _restore(self) -> None:
-        state = load_checkpoint(self.dir / "model.pt")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    def _restore(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise DamagedError(f"{self.dir / CHECKPOINT} is damaged (its state does not fit this experiment: "
+                               f"{first}); restore it, or delete {self.dir} and run the study again with "
+                               "--resume to retrain that experiment.") from None
         self.epoch = int(state["epoch"])
-        # metrics.csv is written before the checkpoint: drop a row whose checkpoint never landed.
-        self.history = read_metrics(self.dir / "metrics.csv")[: self.epoch]
-        write_metrics(self.dir / "metrics.csv", self.history)
+        self.history = list(state["history"])
+        self.diverged_at = state.get("diverged")
+
+    def record(self) -> dict:
+        """The experiment's record as its checkpoint stores it, less the tensors."""
+        return {"experiment": self.cfg.to_dict(), "epoch": self.epoch, "history": self.history,
+                "device": str(self.device), "params": self.params, "diverged": self.diverged_at}
+
+    def save(self) -> None:
+        """The checkpoint first (the source of truth), then its views."""
+        record = self.record()
+        save_checkpoint(self.dir / CHECKPOINT, net_config=self.net_config, model=self.model.state_dict(),
+                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), **record)
+        write_views(self.dir, record, DIVERGED if self.diverged_at else RUNNING)
 
     @property
     def finished(self) -> bool:
-        return self.status["status"] in ("done", "diverged")
-
-    def set_status(self, status: str, message: str = "", **extra) -> None:
-        atomic_write_json(self.dir / "status.json", {
-            "status": status, "epochs_run": self.epoch, "message": message,
-            "device": str(self.device), "params": self.params, **extra})
+        return self.status["status"] in (DONE, DIVERGED)
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The training images at `idx`, augmented (whole batch at once), and their labels."""
@@ -302,22 +287,24 @@ class Experiment:
             images_per_second=seen / train_seconds,
         )
         self.epoch = epoch
-        self.history.append(asdict(metrics))
-        write_metrics(self.dir / "metrics.csv", self.history)
-        save_checkpoint(self.dir / "model.pt", experiment=cfg.to_dict(), net_config=self.net_config,
-                        model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                        epoch=epoch)
-        self.set_status("running")
+        self.history.append(metrics.row())
+        self.save()
         return metrics
 
     def finish(self) -> None:
         """Record the most confident mistakes on the test set, then mark the experiment done."""
-        atomic_write_json(self.dir / "misclassified.json",
+        atomic_write_json(self.dir / MISCLASSIFIED,
                           misclassified(self.model, self.data.test_x, self.data.test_y, self.cfg))
-        self.set_status("done")
+        atomic_write_json(self.dir / STATUS, status_view(self.record(), DONE))
 
     def diverged(self, error: DivergedError) -> None:
-        self.set_status("diverged", str(error), diverged_epoch=error.epoch)
+        """Keep the last good epoch's state and record the divergence in the checkpoint."""
+        if self.epoch > 0:
+            self._restore({**load_checkpoint(self.dir / CHECKPOINT), "diverged": None})
+        else:
+            self._fresh()
+        self.diverged_at = {"epoch": error.epoch, "message": str(error)}
+        self.save()
 
 
 def misclassified(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ExperimentConfig,

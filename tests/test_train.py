@@ -15,9 +15,10 @@ from normlab.checkpoint import load_checkpoint
 from normlab.config import ExperimentConfig
 from normlab.errors import NormlabError
 from normlab.model import Net
+from normlab.results import METRIC_COLUMNS, read_metrics
 from normlab.runner import run_study
 from normlab.studies import build_study
-from normlab.train import METRIC_COLUMNS, Experiment, evaluate, l1_penalty, load_data, read_metrics
+from normlab.train import Experiment, evaluate, l1_penalty, load_data
 
 
 def _train(cfg: ExperimentConfig, path: Path, epochs: int | None = None, resume=False) -> Experiment:
@@ -147,12 +148,17 @@ def test_non_finite_loss_is_reported_as_divergence(tmp_path):
 
 
 def test_bad_config_values_are_clear_errors():
-    for kwargs, msg in [({"epochs": 0}, "--epochs must be a positive integer"),
-                        ({"batch_size": -1}, "--batch-size"), ({"l1": -0.1}, "--l1 must be zero or positive"),
-                        ({"l2": float("nan")}, "--l2"), ({"dataset": "cifar"}, "unknown dataset"),
-                        ({"train_limit": 0}, "--train-limit"), ({"norm": "xx"}, "unknown norm")]:
-        with pytest.raises(NormlabError, match=msg):
+    for kwargs, msg in [({"epochs": 0}, "epochs=0 must be a positive integer"),
+                        ({"batch_size": -1}, "batch_size=-1"), ({"l1": -0.1}, "l1=-0.1 must be zero or positive"),
+                        ({"l2": float("nan")}, "l2=nan must be a finite number"),
+                        ({"lr": float("inf")}, "lr=inf must be a finite number"),
+                        ({"dataset": "cifar"}, "dataset='cifar' is not a known dataset"),
+                        ({"train_limit": 0}, "train_limit=0"), ({"norm": "xx"}, "norm='xx' is not a known norm"),
+                        ({"name": "../up"}, "name='../up' is not a safe experiment name"),
+                        ({"batch_size": 1}, "batch_size=1 leaves batches of one image")]:
+        with pytest.raises(ValueError, match=msg) as e:  # worded for Python, and a NormlabError too
             ExperimentConfig(**kwargs)
+        assert isinstance(e.value, NormlabError) and "--" not in str(e.value)
 
 
 @pytest.mark.slow

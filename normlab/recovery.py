@@ -1,0 +1,245 @@
+"""Cross-checking an experiment directory against its checkpoint, before anything is trained or reported.
+
+The checkpoint (`model.pt`) is the experiment's one source of truth. `inspect_experiment` reads a
+directory without writing and classifies it: new, running (resumable at epoch e), finishing (all
+epochs trained, the misclassified pass still to do), done, diverged, or damaged. Views that are
+missing, empty, truncated, corrupt or behind their checkpoint are listed as repairs, and
+`repair_views` rebuilds them from the checkpoint. What cannot be rebuilt — a damaged or missing
+checkpoint whose experiment had trained, a view that contradicts its checkpoint — makes the
+experiment `damaged`, with one sentence naming the file and the fix; the rest of the study goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import ExperimentConfig
+from .errors import NormlabError
+from .fileio import atomic_write_json
+from .model import Net
+from .results import (
+    CHECKPOINT,
+    CONFIG,
+    DAMAGED,
+    DIVERGED,
+    DONE,
+    METRICS,
+    MISCLASSIFIED,
+    PENDING,
+    RUNNING,
+    STATUS,
+    Read,
+    parse_metrics,
+    read_json_file,
+    read_text,
+    render_metrics,
+    write_metrics,
+)
+
+FINISHING = "finishing"  # every epoch trained; misclassified.json still to be written
+
+
+@dataclass
+class ExperimentState:
+    """What a directory holds, and what must be rebuilt before it can be resumed or reported."""
+
+    dir: Path
+    kind: str  # PENDING, RUNNING, FINISHING, DONE, DIVERGED or DAMAGED
+    config: dict | None = None  # from the checkpoint when there is one
+    checkpoint: dict | None = None
+    repairs: list[tuple[str, str]] = field(default_factory=list)  # (file, why it is rebuilt)
+    problem: str | None = None  # DAMAGED: one sentence naming the file and the fix
+
+    @property
+    def epoch(self) -> int:
+        return int(self.checkpoint["epoch"]) if self.checkpoint else 0
+
+    @property
+    def history(self) -> list[dict]:
+        return list(self.checkpoint["history"]) if self.checkpoint else []
+
+    @property
+    def to_train(self) -> bool:
+        return self.kind in (PENDING, RUNNING, FINISHING)
+
+    @property
+    def status(self) -> str:
+        """The status summary.json records: FINISHING shows as running until its last file lands."""
+        return RUNNING if self.kind == FINISHING else self.kind
+
+    def describe(self) -> str:
+        return {PENDING: "new", RUNNING: f"resumable at epoch {self.epoch}",
+                FINISHING: f"all {self.epoch} epochs trained; the misclassified pass is left",
+                DONE: "done", DIVERGED: f"diverged (epoch {self.checkpoint and (self.checkpoint['diverged'] or {}).get('epoch')})",
+                DAMAGED: f"damaged: {self.problem}"}[self.kind]
+
+
+def config_diff(saved: dict, wanted: dict) -> list[str]:
+    return [f"{k} {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(saved) | set(wanted))
+            if saved.get(k) != wanted.get(k)]
+
+
+def _retrain_fix(d: Path) -> str:
+    return f"restore it, or delete {d} and run the study again with --resume to retrain that experiment"
+
+
+def _damaged(d: Path, config: dict | None, problem: str) -> ExperimentState:
+    return ExperimentState(d, DAMAGED, config=config, problem=problem)
+
+
+def status_view(checkpoint: dict, kind: str) -> dict:
+    """status.json as the checkpoint (and, for DONE, the misclassified pass) determine it."""
+    diverged = checkpoint.get("diverged")
+    view = {"status": DIVERGED if diverged else (DONE if kind == DONE else RUNNING),
+            "epochs_run": int(checkpoint["epoch"]), "message": diverged["message"] if diverged else "",
+            "device": checkpoint.get("device", "cpu"), "params": checkpoint.get("params")}
+    if diverged:
+        view["diverged_epoch"] = diverged["epoch"]
+    return view
+
+
+def _misclassified_ok(read: Read) -> bool:
+    images = read.value.get("images") if read.ok else None
+    return isinstance(images, list) and all(
+        isinstance(im, dict) and isinstance(im.get("pixels"), list) and len(im["pixels"]) == 28
+        for im in images) and isinstance(read.value.get("wrong_total"), int)
+
+
+def _legacy_history(d: Path, state: dict) -> list[dict] | str:
+    """Version-1 checkpoints carry no history: their metrics.csv is the record, when it is intact."""
+    text = read_text(d / METRICS)
+    try:
+        rows = parse_metrics(text.value) if text.ok else None
+    except ValueError:
+        rows = None
+    if rows is None or len(rows) < state["epoch"]:
+        return (f"{d / METRICS} is {text.problem or 'damaged'} and {d / CHECKPOINT} (format 1) holds no copy "
+                f"of the history; {_retrain_fix(d)}.")
+    return rows[: state["epoch"]]
+
+
+def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) -> ExperimentState:
+    """Classify `exp_dir` without writing anything.
+
+    `wanted` is the config the command asks for (None: accept what the directory holds). A
+    checkpoint of another config, or existing results without `resume`, is the command's error
+    and raises NormlabError; damage to this one experiment is returned as DAMAGED instead.
+    """
+    d = Path(exp_dir)
+    config_read = read_json_file(d / CONFIG)
+    if not (d / CHECKPOINT).exists():
+        return _without_checkpoint(d, wanted, config_read)
+    try:
+        state = load_checkpoint(d / CHECKPOINT)
+        ExperimentConfig.from_dict(state["experiment"])
+        Net.from_config(state["net_config"]).load_state_dict(state["model"])
+    except CheckpointError as e:
+        return _damaged(d, wanted, f"{d / CHECKPOINT} is damaged ({e.reason}); {_retrain_fix(d)}.")
+    except (NormlabError, RuntimeError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        return _damaged(d, wanted, f"{d / CHECKPOINT} is damaged (its content does not rebuild its model: "
+                        f"{first}); {_retrain_fix(d)}.")
+    cfg = state["experiment"]
+    if wanted is not None:
+        diff = config_diff(cfg, wanted)
+        if diff:
+            raise NormlabError(f"{d} was run with a different config ({'; '.join(diff)}); use another --out, "
+                               "or delete that directory to start over.")
+        if not resume:
+            raise NormlabError(f"{d} already holds results; pass --resume to continue it or --out to start "
+                               "elsewhere.")
+    if state["version"] == 1:
+        history = _legacy_history(d, state)
+        if isinstance(history, str):
+            return _damaged(d, cfg, history)
+        status = read_json_file(d / STATUS)
+        state = {**state, "history": history, "diverged": None, "params": None,
+                 "device": status.value.get("device", "cpu") if status.ok else "cpu"}
+        if status.ok and status.value.get("status") == DIVERGED:
+            state["diverged"] = {"epoch": status.value.get("diverged_epoch"), "message": status.value.get("message", "")}
+        state["params"] = status.value.get("params") if status.ok else None
+    repairs = []
+    if not config_read.ok:
+        repairs.append((CONFIG, config_read.problem))
+    elif config_read.value != cfg:
+        keys = ", ".join(k for k in sorted(set(cfg) | set(config_read.value)) if cfg.get(k) != config_read.value.get(k))
+        return _damaged(d, cfg, f"{d / CONFIG} disagrees with its checkpoint {CHECKPOINT} on {keys}; delete "
+                        f"{CONFIG} to rebuild it from the checkpoint, or delete {d} to start over.")
+    metrics = read_text(d / METRICS)
+    if not metrics.ok:
+        repairs.append((METRICS, metrics.problem))
+    elif metrics.value != render_metrics(state["history"]):
+        repairs.append((METRICS, "it did not match its checkpoint's history"))
+    misclassified = read_json_file(d / MISCLASSIFIED)
+    if state.get("diverged"):
+        kind = DIVERGED
+    elif state["epoch"] >= cfg["epochs"]:
+        kind = DONE if _misclassified_ok(misclassified) else FINISHING
+        if kind == FINISHING and misclassified.problem != "missing":
+            repairs.append((MISCLASSIFIED, misclassified.problem or "malformed"))
+    else:
+        kind = RUNNING
+    if kind != DONE and kind != FINISHING and misclassified.problem != "missing":
+        repairs.append((MISCLASSIFIED, "left from an unfinished experiment"))
+    status = read_json_file(d / STATUS)
+    if status.value != status_view(state, kind):
+        repairs.append((STATUS, status.problem or "it did not match its checkpoint"))
+    return ExperimentState(d, kind, config=cfg, checkpoint=state, repairs=repairs)
+
+
+def _without_checkpoint(d: Path, wanted: dict | None, config_read: Read) -> ExperimentState:
+    """No model.pt: a new experiment, unless another file shows that one had trained."""
+    metrics = read_text(d / METRICS)
+    rows = 0
+    with contextlib.suppress(ValueError):
+        rows = len(parse_metrics(metrics.value)) if metrics.ok else 0
+    status = read_json_file(d / STATUS)
+    trained = status.value.get("epochs_run") if status.ok and isinstance(status.value.get("epochs_run"), int) else 0
+    evidence = [(METRICS, rows), (STATUS, trained)]
+    if read_json_file(d / MISCLASSIFIED).ok:
+        evidence.append((MISCLASSIFIED, 1))
+    for name, epochs in evidence:
+        if epochs:
+            return _damaged(d, wanted or (config_read.value if config_read.ok else None),
+                            f"{d / CHECKPOINT} is missing but {name} shows the experiment had trained; "
+                            f"{_retrain_fix(d)}.")
+    config = wanted or (config_read.value if config_read.ok else None)
+    repairs = [(f, "left from a start that trained nothing") for f in (METRICS, STATUS, MISCLASSIFIED)
+               if (d / f).exists()]
+    if (d / CONFIG).exists() and (not config_read.ok or config_read.value != config):
+        repairs.append((CONFIG, config_read.problem or "left from a start that trained nothing"))
+    return ExperimentState(d, PENDING, config=config, repairs=repairs)
+
+
+def write_views(d: Path, checkpoint: dict, kind: str) -> None:
+    """config.json, metrics.csv and status.json from the checkpoint (after every epoch, and as repairs)."""
+    atomic_write_json(d / CONFIG, checkpoint["experiment"])
+    write_metrics(d / METRICS, checkpoint["history"])
+    atomic_write_json(d / STATUS, status_view(checkpoint, kind))
+
+
+def repair_views(state: ExperimentState, notify: Callable[[str], None]) -> None:
+    """Rebuild every view listed in `state.repairs`, saying so once per file."""
+    d = state.dir
+    for name, why in state.repairs:
+        path = d / name
+        if state.checkpoint is None or name == MISCLASSIFIED:
+            if name == CONFIG and state.config is not None:
+                atomic_write_json(path, state.config)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            notify(f"{d.name}: removed {name} ({why})" if name != CONFIG else f"{d.name}: rewrote {name} ({why})")
+            continue
+        if name == CONFIG:
+            atomic_write_json(path, state.checkpoint["experiment"])
+        elif name == METRICS:
+            write_metrics(path, state.checkpoint["history"])
+        elif name == STATUS:
+            atomic_write_json(path, status_view(state.checkpoint, state.kind))
+        notify(f"{d.name}: rebuilt {name} from {CHECKPOINT} ({why})")
+    state.repairs = []
