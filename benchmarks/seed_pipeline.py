@@ -1,10 +1,10 @@
-"""The seed's training pipeline, reproduced faithfully as the baseline for `normlab bench`.
+"""The original exercise's training pipeline, reproduced faithfully as the baseline for `normlab bench`.
 
-Per-sample torchvision transforms on PIL images inside a 2-worker DataLoader (DESIGN.md):
+Per-sample torchvision transforms on PIL images inside a 2-worker DataLoader (docs/FACTS.md):
 RandomRotation(7, fill=1), RandomAffine(7, shear=10, translate=(0.1, 0.1), scale=(0.8, 1.2)),
 ColorJitter(0.4, 0.4, 0.4, 0.1), ToTensor, Normalize(0.1307, 0.3081); batch 128, shuffled;
 SGD with momentum, OneCycleLR stepped per batch, NLL loss plus L1 over every parameter.
-The model is normlab's Net with torch's own nn.Dropout, as the seed had.
+The model is normlab's Net with torch's own nn.Dropout, as the original exercise had.
 
     python benchmarks/seed_pipeline.py --seconds 20
 """
@@ -33,7 +33,7 @@ SEED_TRANSFORM = transforms.Compose([
 
 
 def seed_model() -> nn.Module:
-    """Net with nn.Dropout (the seed's) and standardization done by the transform, not the model."""
+    """Net with nn.Dropout (the original's) and standardization done by the transform, not the model."""
     model = Net(norm="bn", mean=0.0, std=1.0)
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):

@@ -1,7 +1,7 @@
 """Batched random affine augmentation: one `affine_grid` + `grid_sample` for a whole batch.
 
-The seed applied torchvision's RandomRotation and RandomAffine image by image on PIL
-images in DataLoader workers; that per-sample path is what made it slow (DESIGN.md). We
+The original exercise applied torchvision's RandomRotation and RandomAffine image by image on PIL
+images in DataLoader workers; that per-sample path is what made it slow (docs/FACTS.md). We
 keep the same family of geometric distortions (rotation, shear, scale, translation) and draw
 one set of parameters per image from a seeded generator, so augmentation is reproducible.
 """

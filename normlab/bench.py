@@ -21,7 +21,7 @@ import torch
 
 from .config import ExperimentConfig
 from .errors import NormlabError
-from .studies import MISSION_L1
+from .studies import build_study
 from .summary import machine_description
 from .train import Experiment, resolve_device
 
@@ -31,7 +31,8 @@ BASELINE = Path(__file__).resolve().parent.parent / "benchmarks" / "seed_pipelin
 def normlab_step_throughput(seconds: float, threads: int = 1, device: str = "cpu") -> float:
     """Images/s of normlab's real training step (Experiment.train_step) in this process."""
     torch.set_num_threads(threads)
-    cfg = ExperimentConfig(name="bench", norm="bn", l1=MISSION_L1)
+    mission_bn = build_study("mission").experiments[0]  # BN + L1, as the mission trains it
+    cfg = ExperimentConfig(name="bench", norm="bn", l1=mission_bn.l1)
     with tempfile.TemporaryDirectory() as tmp:
         return Experiment(cfg, Path(tmp) / "bench", device=device).throughput(seconds)
 

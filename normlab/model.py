@@ -1,6 +1,6 @@
 """The one network of normlab: a < 8k-parameter CNN whose normalization is an argument.
 
-Architecture (the seed's, see DESIGN.md), each block Conv3x3 (no bias) -> ReLU -> Norm -> Dropout:
+Architecture (the original exercise's, docs/FACTS.md), each block Conv3x3 (no bias) -> ReLU -> Norm -> Dropout:
 
     28x28x1 -> block 1->8 -> block 8->16 -> MaxPool2 -> Conv1x1 16->8
             -> block 8->16 -> block 16->16 -> block 16->16 -> AvgPool to 1x1
@@ -11,7 +11,7 @@ call, `norm_layer(num_channels)`, so the network never branches on the norm's na
 
 "ln" means GroupNorm with one group: each sample normalized over (C, H, W) with a
 per-channel gamma/beta. This is the definition the GroupNorm paper (Wu & He, 2018) uses
-for LN in conv nets, and what the seed used. `nn.LayerNorm([C, H, W])` would normalize the
+for LN in conv nets, and what the original exercise used. `nn.LayerNorm([C, H, W])` would normalize the
 same elements but learn a gamma/beta per *element* (2*C*H*W parameters: 21,632 for the
 first layer alone), breaking the < 8k budget and tying the model to one input size; the
 other "layer norm" of conv nets, LayerNorm2d (each pixel over C), normalizes different
@@ -141,12 +141,14 @@ class Block(nn.Sequential):
 
 
 class Net(nn.Module):
-    """The seed's CNN (7,704 parameters with bn/gn/ln). Input: float images in [0, 1], (N, 1, 28, 28)."""
+    """The original exercise's CNN (7,704 parameters with bn/gn/ln). Input: float images in [0, 1], (N, 1, 28, 28)."""
 
     def __init__(self, norm: str = "bn", groups: int = 4, dropout: float = 0.05,
                  mean: float = 0.1307, std: float = 0.3081):
         super().__init__()
         norm = check_norm(norm, groups)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError("dropout", dropout, "{setting} must be a probability from 0 to below 1.")
         self.config = NetConfig(norm, groups, dropout, mean, std)
         norm_layer = NORMS[norm](groups)
         self.register_buffer("input_mean", torch.tensor(float(mean)))
@@ -168,13 +170,22 @@ class Net(nn.Module):
         """uint8 [0, 255] images (as `normlab.data.load` returns them) become floats in [0, 1];
         (N, 28, 28) gains its channel axis. Other integer types, or eval-mode floats outside
         [0, 1], are refused: a silently wrong answer is worse than an error."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"Net takes a torch.Tensor of images, got {type(x).__name__}; convert it with "
+                            "torch.as_tensor.")
         if x.dtype == torch.uint8:
-            x = x.float().div(255)
+            x = x.to(self.input_mean.dtype).div(255)
         elif not x.is_floating_point():
             raise TypeError(f"Net takes float images in [0, 1] or uint8 images in [0, 255], got {x.dtype}.")
-        elif not self.training and x.numel() and not _capturing(x):
+        elif x.dtype != self.input_mean.dtype:
+            x = x.to(self.input_mean.dtype)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"Net takes images of shape (N, 1, 28, 28) or (N, 28, 28), got {tuple(x.shape)}.")
+        if not self.training and x.numel() and not _capturing(x):
             _check_unit_range(x)
-        return x.unsqueeze(1) if x.dim() == 3 else x
+        return x
 
     @classmethod
     def from_config(cls, config: NetConfig | dict) -> Net:
@@ -190,9 +201,9 @@ class Net(nn.Module):
 
 def _check_unit_range(x: torch.Tensor) -> None:
     lo, hi = x.aminmax()
-    if lo.item() < -1e-3 or hi.item() > 1 + 1e-3:
-        raise ValueError(f"Net takes float images in [0, 1], got values from {lo.item():g} to {hi.item():g}; "
-                         "divide [0, 255] images by 255, or pass them as uint8.")
+    if not (lo.item() >= -1e-3 and hi.item() <= 1 + 1e-3):  # NaN fails this too
+        raise ValueError(f"Net takes float images in [0, 1], got values from {lo.item():g} to {hi.item():g} "
+                         "(NaN included, if any); divide [0, 255] images by 255, or pass them as uint8.")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .config import SETTINGS  # noqa: E402
 from .fileio import read_json  # noqa: E402
 from .results import read_metrics  # noqa: E402
 
@@ -167,31 +168,64 @@ def _final_by(summary: dict, key) -> dict:
     return out
 
 
-def plot_bn_regularization_heatmap(summary: dict, path: Path) -> Path | None:
-    """BN's final accuracy over the L1 x L2 grid (mean over seeds); None if the study has no such grid."""
-    cells = _final_by({"experiments": [e for e in summary["experiments"] if e["norm"] == "bn"]},
-                      lambda e: (e["l1"], e["l2"]))
-    l1s, l2s = sorted({k[0] for k in cells}), sorted({k[1] for k in cells})
-    if len(l1s) < 2 or len(l2s) < 2:
+def varying_settings(summary: dict) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) settings that vary across the finished experiments, in config order.
+
+    A numeric setting that is a one-to-one function of an earlier one (the batch-size study's LR,
+    scaled with the batch size) is not a separate axis and is left out.
+    """
+    done = [e for e in summary["experiments"] if e["status"] == "done"]
+    numeric, categorical = [], []
+    for key in SETTINGS:
+        values = {repr(e.get(key)) for e in done}
+        if key == "seed" or len(values) < 2:
+            continue
+        kind = numeric if all(isinstance(e.get(key), (int, float)) and not isinstance(e.get(key), bool)
+                              for e in done) else categorical
+        kind.append(key)
+    independent = []
+    for key in numeric:
+        if not any(len({(repr(e.get(k)), repr(e.get(key))) for e in done}) == len({repr(e.get(k)) for e in done})
+                   == len({repr(e.get(key)) for e in done}) for k in independent):
+            independent.append(key)
+    return independent, categorical
+
+
+def _series(entry: dict, categorical: list[str]) -> str:
+    return ", ".join(str(entry.get(k)).upper() if k == "norm" else f"{k} {entry.get(k)}" for k in categorical) or "all"
+
+
+def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:
+    """Mean final accuracy over a grid of two settings, one panel per value of the other settings."""
+    _, categorical = varying_settings(summary)
+    cells = _final_by(summary, lambda e: (_series(e, categorical), e.get(y), e.get(x)))
+    panels = {}
+    for (series, yv, xv), values in cells.items():
+        panels.setdefault(series, {})[(yv, xv)] = values
+    panels = {k: v for k, v in panels.items() if len({c[0] for c in v}) >= 2 or len({c[1] for c in v}) >= 2}
+    if not panels:
         return None
-    grid = np.full((len(l1s), len(l2s)), np.nan)
-    for (l1, l2), values in cells.items():
-        grid[l1s.index(l1), l2s.index(l2)] = np.mean(values)
-    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=110)
-    im = ax.imshow(grid, cmap="viridis", origin="upper")
-    for i in range(len(l1s)):
-        for j in range(len(l2s)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
-                        color="white" if grid[i, j] < np.nanmean(grid) else "black", fontsize=10)
-    ax.set_xticks(range(len(l2s)), [f"{v:g}" for v in l2s])
-    ax.set_yticks(range(len(l1s)), [f"{v:g}" for v in l1s])
-    ax.set_xlabel("L2 (weight decay on conv weights)")
-    ax.set_ylabel("L1 factor (on conv weights)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.8, 4.2), dpi=110, squeeze=False)
     seeds = max(len(v) for v in cells.values())
-    ax.set_title(_title(summary, "BN final test accuracy (%)") + (f"\nmean of {seeds} seeds" if seeds > 1 else ""),
-                 fontsize=10)
-    fig.colorbar(im, ax=ax, label="final test accuracy (%)")
+    for ax, (series, panel) in zip(axes[0], panels.items()):
+        ys, xs = sorted({c[0] for c in panel}), sorted({c[1] for c in panel})
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for (yv, xv), values in panel.items():
+            grid[ys.index(yv), xs.index(xv)] = np.mean(values)
+        im = ax.imshow(grid, cmap="viridis", origin="upper", aspect="auto")
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=10,
+                            color="white" if grid[i, j] < np.nanmean(grid) else "black")
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(series, fontsize=10)
+        fig.colorbar(im, ax=ax, label="final test accuracy (%)")
+    what = f"final test accuracy (%) over {y} x {x}" + (f", mean of {seeds} seeds" if seeds > 1 else "")
+    fig.suptitle(_title(summary, what), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -226,43 +260,54 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_batch_size(summary: dict, path: Path) -> Path | None:
-    """Final accuracy against batch size, one line per norm; None unless batch sizes vary.
+def plot_setting(summary: dict, key: str, path: Path) -> Path | None:
+    """Final accuracy against one numeric setting, one line per value of the other varying settings.
 
-    Points are seed means with min–max bars. When one point falls far below the rest (BN at
-    batch 2), a second panel zooms in on the others, so a collapse does not flatten the
-    differences that remain.
+    Points are seed means with 95% confidence bars (min-max with fewer than 3 seeds). When one
+    point falls far below the rest (BN at batch 2), a second panel zooms in on the others, so a
+    collapse does not flatten the differences that remain.
     """
-    finals = _final_by(summary, lambda e: (e["norm"], e["batch_size"]))
-    sizes = sorted({k[1] for k in finals})
-    if len(sizes) < 2:
+    from .stats import mean_interval
+
+    _, categorical = varying_settings(summary)
+    finals = _final_by(summary, lambda e: (_series(e, categorical), e.get(key)))
+    xs_all = sorted({k[1] for k in finals})
+    if len(xs_all) < 2:
         return None
-    norms = sorted({k[0] for k in finals})
+    series = sorted({k[0] for k in finals})
     means = {k: float(np.mean(v)) for k, v in finals.items()}
+    n_seeds = max(len(v) for v in finals.values())
+
+    def bar(values: list[float], mean: float) -> tuple[float, float]:
+        ci = mean_interval(values) if len(values) >= 3 else None
+        lo, hi = ci if ci else (min(values), max(values))
+        return mean - lo, hi - mean
+
     top = max(means.values())
     near = [m for m in means.values() if m >= top - 1.0]
     zoom = min(means.values()) < top - 1.0
+    log = min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
     fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(11 if zoom else 7, 4.6), dpi=110, squeeze=False)
     for panel, ax in enumerate(axes[0]):
-        for i, norm in enumerate(norms):
-            xs = [b for b in sizes if (norm, b) in finals]
-            dodge = 2 ** ((i - (len(norms) - 1) / 2) * 0.04)  # side by side on the log axis
-            ys = [means[(norm, b)] for b in xs]
-            err = [[ys[j] - min(finals[(norm, b)]) for j, b in enumerate(xs)],
-                   [max(finals[(norm, b)]) - ys[j] for j, b in enumerate(xs)]]
-            ax.errorbar([x * dodge for x in xs], ys, yerr=err, marker="o", capsize=3, label=norm.upper())
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(b) for b in sizes])
-        ax.set_xlabel("batch size (peak LR scaled linearly with it)")
+        for i, name in enumerate(series):
+            xs = [v for v in xs_all if (name, v) in finals]
+            dodge = 2 ** ((i - (len(series) - 1) / 2) * 0.04) if log else 1.0  # side by side on a log axis
+            ys = [means[(name, v)] for v in xs]
+            err = np.array([bar(finals[(name, v)], means[(name, v)]) for v in xs]).T
+            ax.errorbar([v * dodge for v in xs], ys, yerr=err, marker="o", capsize=3, label=name)
+        if log:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
+        ax.set_xlabel(key)
         ax.set_ylabel("final test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend()
         if panel == 1:
             ax.set_ylim(min(near) - 0.15, top + 0.15)
             ax.set_title("zoom: points within 1 point of the best", fontsize=10)
-    n_seeds = max(len(v) for v in finals.values())
-    what = f"final test accuracy vs batch size, {summary['epochs']} epochs"
-    what += f", mean of {n_seeds} seeds (bars: min–max)" if n_seeds > 1 else ""
+    what = f"final test accuracy vs {key}, {summary['epochs']} epochs"
+    if n_seeds > 1:
+        what += f", mean of {n_seeds} seeds (bars: {'95% CI' if n_seeds >= 3 else 'min–max'})"
     fig.suptitle(_title(summary, what), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

@@ -83,6 +83,17 @@ def config_diff(saved: dict, wanted: dict) -> list[str]:
             if saved.get(k) != wanted.get(k)]
 
 
+def _normalized(config: dict, strict: bool = True) -> dict:
+    """A config dict with every current setting (settings added since it was written take their
+    defaults), so files written by an earlier normlab compare equal to the same experiment now."""
+    try:
+        return ExperimentConfig.from_dict(config).to_dict()
+    except NormlabError:
+        if strict:
+            raise
+        return config
+
+
 def _retrain_fix(d: Path) -> str:
     return f"restore it, or delete {d} and run the study again with --resume to retrain that experiment"
 
@@ -130,12 +141,16 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     and raises NormlabError; damage to this one experiment is returned as DAMAGED instead.
     """
     d = Path(exp_dir)
+    for name in (CHECKPOINT, CONFIG, METRICS, STATUS, MISCLASSIFIED):
+        if (d / name).exists() and not (d / name).is_file():
+            return _damaged(d, wanted, f"{d / name} is not a regular file; move it away, then run again with "
+                            "--resume to rebuild it (or to retrain the experiment, for model.pt).")
     config_read = read_json_file(d / CONFIG)
     if not (d / CHECKPOINT).exists():
         return _without_checkpoint(d, wanted, config_read)
     try:
         state = load_checkpoint(d / CHECKPOINT)
-        ExperimentConfig.from_dict(state["experiment"])
+        state["experiment"] = _normalized(state["experiment"])
         Net.from_config(state["net_config"]).load_state_dict(state["model"])
     except CheckpointError as e:
         return _damaged(d, wanted, f"{d / CHECKPOINT} is damaged ({e.reason}); {_retrain_fix(d)}.")
@@ -144,8 +159,12 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
         return _damaged(d, wanted, f"{d / CHECKPOINT} is damaged (its content does not rebuild its model: "
                         f"{first}); {_retrain_fix(d)}.")
     cfg = state["experiment"]
+    view = _normalized(config_read.value, strict=False) if config_read.ok else None
     if wanted is not None:
         diff = config_diff(cfg, wanted)
+        if diff and view == wanted:  # the directory's own config.json says otherwise: this file is foreign
+            return _damaged(d, wanted, f"{d / CHECKPOINT} holds another experiment ({'; '.join(diff)}) than "
+                            f"its {CONFIG} and this command; {_retrain_fix(d)}.")
         if diff:
             raise NormlabError(f"{d} was run with a different config ({'; '.join(diff)}); use another --out, "
                                "or delete that directory to start over.")
@@ -165,8 +184,8 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     repairs = []
     if not config_read.ok:
         repairs.append((CONFIG, config_read.problem))
-    elif config_read.value != cfg:
-        keys = ", ".join(k for k in sorted(set(cfg) | set(config_read.value)) if cfg.get(k) != config_read.value.get(k))
+    elif view != cfg:
+        keys = ", ".join(k for k in sorted(set(cfg) | set(view)) if cfg.get(k) != view.get(k))
         return _damaged(d, cfg, f"{d / CONFIG} disagrees with its checkpoint {CHECKPOINT} on {keys}; delete "
                         f"{CONFIG} to rebuild it from the checkpoint, or delete {d} to start over.")
     metrics = read_text(d / METRICS)
@@ -210,7 +229,7 @@ def _without_checkpoint(d: Path, wanted: dict | None, config_read: Read) -> Expe
     config = wanted or (config_read.value if config_read.ok else None)
     repairs = [(f, "left from a start that trained nothing") for f in (METRICS, STATUS, MISCLASSIFIED)
                if (d / f).exists()]
-    if (d / CONFIG).exists() and (not config_read.ok or config_read.value != config):
+    if (d / CONFIG).exists() and (not config_read.ok or _normalized(config_read.value, strict=False) != config):
         repairs.append((CONFIG, config_read.problem or "left from a start that trained nothing"))
     return ExperimentState(d, PENDING, config=config, repairs=repairs)
 

@@ -7,21 +7,24 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from .config import SETTINGS
 from .errors import DamagedError, NormlabError
 from .fileio import atomic_write_text, directory_lock
 from .plots import (
     DATASET_TITLES,
     TARGET_ACCURACY,
     describe,
-    plot_batch_size,
-    plot_bn_regularization_heatmap,
     plot_comparison,
+    plot_heatmaps,
     plot_metric,
     plot_misclassified,
+    plot_setting,
     plot_train_vs_test,
+    varying_settings,
 )
 from .recovery import FINISHING, inspect_experiment, repair_views
 from .results import DAMAGED, STUDY, SUMMARY, read_metrics
+from .stats import mean_interval, welch_difference
 from .summary import load_study_meta, save_study_meta, study_experiments, write_summary
 
 
@@ -54,6 +57,8 @@ def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
             finals = [e["final_test_accuracy"] for e in done]
             row["final_mean"], row["final_std"] = mean_std(finals)
             row["final_min"], row["final_max"] = min(finals), max(finals)
+            row["final_ci"] = mean_interval(finals)
+            row["finals"] = finals
             row["best_mean"], _ = mean_std([e["best_test_accuracy"] for e in done])
             row["loss_mean"], row["loss_std"] = mean_std([e["final_test_loss"] for e in done])
             row["seconds_mean"], _ = mean_std([e["train_seconds"] for e in done])
@@ -66,6 +71,43 @@ def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
                     row["target_seconds_mean"] = statistics.fmean(h[1] for h in reached)
         rows.append(row)
     return rows
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return f"{ci[0]:.2f} to {ci[1]:.2f}" if ci else "–"
+
+
+def comparisons(summary: dict) -> list[dict]:
+    """Each pair of experiment names that differ in one setting (in a study of at most six names,
+    every pair), with the Welch 95% interval of the difference of their mean final accuracies."""
+    rows = [r for r in aggregate(summary) if r["done"] >= 2]
+    out = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            differs = [k for k in SETTINGS if k != "seed" and a["entry"].get(k) != b["entry"].get(k)]
+            if not differs or (len(differs) > 1 and len(rows) > 6):
+                continue
+            diff = welch_difference(a["finals"], b["finals"])
+            if diff is not None:
+                out.append({"a": a["name"], "b": b["name"], "differs": differs, "difference": diff})
+    return out
+
+
+def comparison_lines(summary: dict) -> list[str]:
+    """report.md's section of differences, each with its interval and verdict."""
+    found = comparisons(summary)
+    if not found:
+        return []
+    lines = ["", "## Differences (95% confidence intervals)", "",
+             "Difference of mean final test accuracy, in points, with Welch's t interval over seeds "
+             "(`scipy.stats.ttest_ind(equal_var=False)`); an interval that holds 0 means the two are not "
+             "distinguishable with this many seeds.", "",
+             "| A | B | differs in | A − B | 95% CI | verdict |", "|---|---|---|---:|---:|---|"]
+    for c in found:
+        d = c["difference"]
+        lines.append(f"| {c['a']} | {c['b']} | {', '.join(c['differs'])} | {d.difference:+.3f} | "
+                     f"{d.low:+.3f} to {d.high:+.3f} | {d.verdict(c['a'], c['b'])} |")
+    return lines
 
 
 def _pm(mean: float, std: float, n: int, digits: int = 2) -> str:
@@ -85,14 +127,15 @@ def final_table(summary: dict) -> str:
         else:
             lines.append(f"{r['name']:<22} {r['params'] or '-':>6} {len(r['seeds']):>5} {'-':>16} {'-':>10} "
                          f"{'-':>10} {'-':>8}  {','.join(r['statuses'])}")
-    if summary.get("wall_seconds") is not None:
-        lines.append(f"study wall time: {wall_time_text(summary)}")
+    lines.append(f"study wall time: {wall_time_text(summary)}")
     return "\n".join(lines)
 
 
 def wall_time_text(summary: dict) -> str:
     """'1830 s' or, for a study run seed after seed, '1830 s (seed 1: 610 s, seed 2: 612 s, ...)'."""
-    text = f"{summary.get('wall_seconds', 0):.0f} s"
+    if not isinstance(summary.get("wall_seconds"), (int, float)):
+        return "unknown"
+    text = f"{summary['wall_seconds']:.0f} s"
     rounds = summary.get("seed_rounds") or []
     if len(rounds) > 1:
         text += " (" + ", ".join(f"seed {r['seed']}: {r['wall_seconds']:.0f} s" for r in rounds) + ")"
@@ -161,11 +204,15 @@ def generate_report(study_dir: Path, notify: Callable[[str], None] | None = None
         "test_loss": plot_metric(study_dir, shown, "test_loss", study_dir / "test_loss.png"),
         "test_accuracy": plot_metric(study_dir, shown, "test_accuracy", study_dir / "test_accuracy.png"),
         "train_vs_test": plot_train_vs_test(study_dir, shown, study_dir / "train_vs_test.png"),
-        # study-shaped figures, drawn when the results have that shape
-        "bn_heatmap": plot_bn_regularization_heatmap(shown, study_dir / "bn_l1_l2_heatmap.png"),
         "comparison": plot_comparison(shown, study_dir / "comparison.png"),
-        "batch_size": plot_batch_size(shown, study_dir / "batch_size.png"),
     }
+    # figures that follow the settings that vary: one -> accuracy against it; two -> a heatmap
+    numeric, _ = varying_settings(shown)
+    if len(numeric) == 1:
+        figures[numeric[0]] = plot_setting(shown, numeric[0], study_dir / f"{numeric[0]}.png")
+    elif len(numeric) == 2:
+        y, x = numeric
+        figures[f"{y}_{x}"] = plot_heatmaps(shown, x, y, study_dir / f"{y}_{x}_heatmap.png")
     figures = {k: v for k, v in figures.items() if v is not None}
     grids = {}
     for e in shown["experiments"]:
@@ -194,11 +241,11 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
         "## Results",
         "",
         "Accuracies in %, on the full test set after the last epoch. With several seeds: mean ± sample "
-        "standard deviation, and the min–max range.",
+        "standard deviation, the 95% confidence interval of the mean (t), and the min–max range.",
         "",
-        f"| name | model | params | seeds | final accuracy | min–max | best accuracy | final test loss "
+        f"| name | model | params | seeds | final accuracy | 95% CI | min–max | best accuracy | final test loss "
         f"| epochs to {TARGET_ACCURACY}% | seconds to {TARGET_ACCURACY}% | train s | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in aggregate(summary, study_dir):
         e = r["entry"]
@@ -213,12 +260,14 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
                 reach, secs = "not reached", "–"
             lines.append(
                 f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | {n} | "
-                f"{_pm(r['final_mean'], r['final_std'], n)} | {r['final_min']:.2f}–{r['final_max']:.2f} | "
+                f"{_pm(r['final_mean'], r['final_std'], n)} | {_ci(r.get('final_ci'))} | "
+                f"{r['final_min']:.2f}–{r['final_max']:.2f} | "
                 f"{r['best_mean']:.2f} | {_pm(r['loss_mean'], r['loss_std'], n, 4)} | {reach} | {secs} | "
                 f"{r['seconds_mean']:.0f} | {', '.join(r['statuses'])} |")
         else:
-            lines.append(f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | 0 | – | – | – | – | – | – | – "
+            lines.append(f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | 0 | – | – | – | – | – | – | – | – "
                          f"| {', '.join(r['statuses'])} |")
+    lines += comparison_lines(summary)
     problems = [e for e in summary["experiments"] if e["status"] not in ("done",)]
     if problems:
         lines += ["", "## Not finished", ""]

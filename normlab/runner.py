@@ -5,7 +5,7 @@ checkpoint, trains one epoch and writes metrics and checkpoint atomically; the s
 always hands out the least advanced experiment that is not in flight. So 3 experiments on
 2 cores finish together instead of leaving one core idle for the last third, and every
 epoch that finished is on disk whatever happens next. Each worker runs one torch thread:
-two one-thread processes train 1.45x faster than one two-thread process (DESIGN.md).
+two one-thread processes train 1.45x faster than one two-thread process (docs/FACTS.md).
 
 With several seeds the local executor runs them as rounds, seed after seed: each round is
 the whole study for one seed, so an interrupted study leaves complete seeds behind (not
@@ -83,7 +83,7 @@ def cap_workers(workers: int | None, experiments: int, notify: Callable[[str], N
     """Workers = the request (default: one per core), capped at the cores and the experiments to run."""
     cores = available_cores()
     n = max(1, min(workers or cores, cores, max(experiments, 1)))
-    if workers is not None and workers > n:
+    if workers is not None and workers > n and experiments > 0:
         notify(f"--workers {workers} capped at {n} ({experiments} experiment(s) to run on {cores} core(s)).")
     return n
 
@@ -371,9 +371,12 @@ def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str
 def _run_in_process(todo: dict, out: Path, device: str, quiet: bool,
                     on_epoch: Callable[[str], None] | None = None) -> list[dict]:
     """The pool's schedule in this process: one epoch at a time, least advanced experiment first,
-    so an interrupted study leaves its experiments equally far along."""
+    so an interrupted study leaves its experiments equally far along; one torch thread, as in the
+    pool, so a study's numbers are the same whatever --workers is."""
     bar = _epoch_bar(todo, "epochs", quiet)
     results = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker: results must not depend on --workers (float sums)
     try:
         while (name := _next_experiment(todo, set())) is not None:
             cfg, _ = todo[name]
@@ -382,5 +385,6 @@ def _run_in_process(todo: dict, out: Path, device: str, quiet: bool,
                 del todo[name]
                 results.append(r)
     finally:
+        torch.set_num_threads(threads)
         bar.close()
     return results

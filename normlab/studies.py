@@ -1,18 +1,40 @@
-"""Study presets: named lists of experiments. A study is data; executors run it."""
+"""Studies as files: base settings plus one or more grids, like Hydra's multirun.
+
+A study is a small TOML file::
+
+    description = "GN with 1, 2, 4 and 8 groups"
+    [base]                 # settings every experiment shares (optional)
+    epochs = 20
+    [[grid]]               # one or more grids; the study is their union, in order
+    name = "gn-g{groups}"  # optional name template; default: from the settings that vary
+    norm = "gn"
+    groups = [1, 2, 4, 8]  # a list makes one experiment per value (the cartesian product)
+
+The presets (`mission`, `grid15`, `batch-size`, `gn-groups`) are such files in `normlab/presets/`;
+`normlab run path/to/study.toml` runs a user's own. Settings given on the command line override
+the file's (command line > grid > base > defaults); a setting given several values there
+multiplies every experiment of the study by them. Seeds form the outermost loop, so a study
+runs seed after seed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from .config import ExperimentConfig
-from .errors import NormlabError
+from .config import SETTINGS, ExperimentConfig
+from .errors import ConfigError, NormlabError
 
-# L1 factor of the mission's BN model; chosen by measurement (README, "Choosing L1").
-MISSION_L1 = 0.0001
-REG_VALUES = (0.0, 0.001, 0.002)
-BATCH_SIZES = (2, 4, 8, 32, 128)
-BASE_BATCH = 128
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "presets"
+NAME_ABBREVIATIONS = {"batch_size": "b"}
 
 
 @dataclass
@@ -30,48 +52,164 @@ class Study:
         return max(e.epochs for e in self.experiments)
 
 
-def _reg_name(prefix: str, l1: float, l2: float) -> str:
-    return f"{prefix}-l1_{l1:g}-l2_{l2:g}"
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
-def mission(base: ExperimentConfig) -> list[ExperimentConfig]:
-    return [
-        replace(base, name="bn-l1", norm="bn", l1=MISSION_L1 if base.l1 == 0 else base.l1),
-        replace(base, name="gn", norm="gn", l1=0.0),
-        replace(base, name="ln", norm="ln", l1=0.0),
-    ]
+def study_path(study: str | Path) -> Path:
+    """The file of a preset name or a path; one sentence when there is neither."""
+    path = Path(study)
+    if path.suffix == ".toml" or len(path.parts) > 1:
+        if not path.is_file():
+            raise NormlabError(f"study file {path} does not exist; pass a .toml file or one of: "
+                               f"{', '.join(presets())}.")
+        return path
+    if (PRESET_DIR / f"{study}.toml").is_file():
+        return PRESET_DIR / f"{study}.toml"
+    raise NormlabError(f"unknown study {str(study)!r}; choose one of: {', '.join(presets())}, "
+                       "or pass the path of a .toml study file.")
 
 
-def grid15(base: ExperimentConfig) -> list[ExperimentConfig]:
-    out = [replace(base, name=_reg_name("bn", l1, l2), norm="bn", l1=l1, l2=l2)
-           for l1 in REG_VALUES for l2 in REG_VALUES]
-    out += [replace(base, name=_reg_name(norm, 0.0, l2), norm=norm, l1=0.0, l2=l2)
-            for norm in ("ln", "gn") for l2 in REG_VALUES]
-    return out
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else [value]
 
 
-def batch_size(base: ExperimentConfig) -> list[ExperimentConfig]:
-    """BN/GN/LN at several batch sizes; the peak LR scales linearly with the batch size
-    (Goyal et al., 2017), so every size sees the same learning rate per image."""
-    return [replace(base, name=f"{norm}-b{bs}", norm=norm, batch_size=bs, lr=base.lr * bs / BASE_BATCH)
-            for norm in ("bn", "gn", "ln") for bs in BATCH_SIZES]
+def _check_keys(where: str, table: dict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise NormlabError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(allowed)}.")
 
 
-PRESETS: dict[str, tuple[Callable[[ExperimentConfig], list[ExperimentConfig]], str]] = {
-    "mission": (mission, "BN + L1, GN and LN, 20 epochs each: the seed exercise"),
-    "grid15": (grid15, "BN x L1 {0,.001,.002} x L2 {0,.001,.002}; LN and GN x L2 {0,.001,.002}"),
-    "batch-size": (batch_size, f"BN, GN, LN at batch sizes {', '.join(map(str, BATCH_SIZES))}"),
-}
+@dataclass
+class StudySpec:
+    """A study file's content: its grids (each a table of settings, lists for several values) and base."""
+
+    name: str
+    description: str = ""
+    grids: list[dict] = field(default_factory=lambda: [{}])
+    base: dict = field(default_factory=dict)
+    source: str = "the command line"
 
 
-def build_study(name: str, base: ExperimentConfig, seeds: list[int]) -> Study:
-    """The experiments of preset `name`, one per (experiment, seed), each from a fresh init."""
-    if name not in PRESETS:
-        raise NormlabError(f"unknown study {name!r}; choose one of: {', '.join(PRESETS)}.")
-    if not seeds:
-        raise NormlabError("--seeds needs at least one seed.")
-    if len(set(seeds)) != len(seeds):
-        raise NormlabError(f"--seeds has repeated values {seeds}; give each seed once.")
-    build, description = PRESETS[name]
-    experiments = [replace(e, seed=s) for s in seeds for e in build(base)]
-    return Study(name=name, experiments=experiments, description=description)
+def read_study_file(study: str | Path) -> StudySpec:
+    """The spec of a preset name or a study file, with every key checked."""
+    path = study_path(study)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise NormlabError(f"{path} is not valid TOML ({e}); fix the file.") from None
+    except OSError as e:
+        raise NormlabError(f"cannot read study file {path} ({e.strerror}).") from None
+    _check_keys(str(path), doc, ("description", "base", "grid"))
+    base = doc.get("base", {})
+    grids = doc.get("grid", [])
+    if not isinstance(base, dict) or not isinstance(grids, list) or not grids \
+            or not all(isinstance(g, dict) and g for g in grids):
+        raise NormlabError(f"{path} needs at least one non-empty [[grid]] table (and [base], if any, a table).")
+    _check_keys(f"{path} [base]", base, SETTINGS)
+    for i, grid in enumerate(grids, start=1):
+        _check_keys(f"{path} [[grid]] number {i}", grid, ("name", *SETTINGS))
+        if "name" in grid and not isinstance(grid["name"], str):
+            raise NormlabError(f"{path} [[grid]] number {i}: name must be a string template like \"gn-g{{groups}}\".")
+    return StudySpec(name=path.stem, description=str(doc.get("description", "")), grids=grids, base=base,
+                     source=str(path))
+
+
+def _product(table: dict) -> list[dict]:
+    """Every combination of a table's values, the first key varying slowest."""
+    keys = list(table)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(_as_list(table[k]) for k in keys))]
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return format(value, "g").replace("+", "")
+    return "all" if value is None else str(value)
+
+
+def name_part(key: str, value: Any) -> str:
+    """One setting as a piece of an experiment name: `bn`, `lr0.05`, `l1_0.001`, `b32`."""
+    if key in ("norm", "dataset"):
+        return str(value)
+    short = NAME_ABBREVIATIONS.get(key, key)
+    return f"{short}{'_' if short[-1].isdigit() else ''}{_value_text(value)}"
+
+
+def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = None,
+                seeds: list[int] | None = None, grid: dict[str, list] | None = None) -> Study:
+    """The experiments of a study (preset name, file or spec), one per grid point and seed.
+
+    `grid` maps settings to the values given on the command line: one value overrides the
+    file, several multiply the study. From Python, the settings in which `base` differs from the
+    defaults override the file the same way. Every experiment starts from a fresh init.
+    """
+    spec = study if isinstance(study, StudySpec) else read_study_file(study)
+    defaults = ExperimentConfig().to_dict()
+    overrides = {k: [v] for k, v in (base.to_dict() if base else {}).items()
+                 if k in SETTINGS and v != defaults[k]}
+    for key, values in (grid or {}).items():
+        if key not in SETTINGS:
+            raise NormlabError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}.")
+        if not values:
+            raise ConfigError(key, values, "{setting} needs at least one value.")
+        overrides[key] = list(values)
+    if seeds:
+        overrides["seed"] = list(seeds)
+    seed_values = overrides.pop("seed", None)
+    swept = [k for k, v in overrides.items() if len(v) > 1]  # the command line's own grid
+
+    points: list[tuple[str | None, dict]] = []
+    for table in spec.grids:
+        template = table.get("name")
+        settings = {k: v for k, v in table.items() if k != "name"}
+        for base_point in _product(spec.base):
+            for point in _product(settings):
+                for extra in _product(overrides):
+                    points.append((template, {**base_point, **point, **extra}))
+    seeds_in_order = seed_values or list(dict.fromkeys(p.get("seed", defaults["seed"]) for _, p in points))
+    if len(set(seeds_in_order)) != len(seeds_in_order):
+        raise ConfigError("seeds", seeds_in_order, "{setting} has repeated values; give each seed once.")
+    varying = [k for k in SETTINGS if k != "seed" and len({repr(p.get(k, defaults[k])) for _, p in points}) > 1]
+
+    experiments: list[ExperimentConfig] = []
+    seen: dict[tuple, dict] = {}
+    for seed in seeds_in_order:
+        for template, point in points:
+            if seed_values is None and point.get("seed", defaults["seed"]) != seed:
+                continue
+            settings = {**defaults, **point, "seed": seed}
+            settings["name"] = _experiment_name(spec, template, settings, swept, varying)
+            same = {k: v for k, v in settings.items() if k != "name"}
+            key = (settings["name"], seed)
+            if key in seen:
+                if seen[key] == same:
+                    continue  # the same experiment twice (an override collapsed a grid): run it once
+                raise NormlabError(f"{spec.source}: two different experiments are named {settings['name']!r}; "
+                                   "give the grid a name template that includes the setting that tells "
+                                   "them apart.")
+            seen[key] = same
+            experiments.append(ExperimentConfig.from_dict(settings))
+    return Study(name=spec.name, experiments=experiments, description=spec.description)
+
+
+def _experiment_name(spec: StudySpec, template: str | None, settings: dict, swept: list[str],
+                     varying: list[str]) -> str:
+    """The grid's template (plus the command line's swept settings), or the settings that vary."""
+    if template is None:
+        return "-".join(name_part(k, settings[k]) for k in (varying or ["norm"]))
+    try:
+        name = template.format(**settings)
+    except (KeyError, ValueError, IndexError) as e:
+        raise NormlabError(f"{spec.source}: name template {template!r} does not fit the settings ({e}); "
+                           "use names of settings in braces, e.g. \"gn-g{groups}\".") from None
+    return "-".join([name, *(name_part(k, settings[k]) for k in swept)])
+
+
+def grid_study(grid: dict[str, list], seeds: list[int] | None = None) -> Study:
+    """A study of the command line's settings alone (`normlab run --norm bn gn --lr 0.01 0.02`)."""
+    description = "a grid from the command line: " + "; ".join(
+        f"{k} {', '.join(map(_value_text, v))}" for k, v in grid.items() if len(v) > 1)
+    return build_study(StudySpec(name="grid", description=description), seeds=seeds, grid=grid)

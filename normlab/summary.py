@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .config import ExperimentConfig
+from .config import SETTINGS, ExperimentConfig
+from .errors import NormlabError
 from .fileio import atomic_write_json
 from .recovery import ExperimentState, inspect_experiment
 from .results import CHECKPOINT, CONFIG, DAMAGED, STUDY, SUMMARY, read_json_file
@@ -40,18 +42,49 @@ def machine_description(device: str = "cpu") -> dict:
     return info
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def meta_problem(meta: dict) -> str | None:
+    """Why a study record (study.json's content) cannot be used, or None when every field is sound."""
+    checks = {
+        "study": lambda v: isinstance(v, str) and v != "",
+        "description": lambda v: isinstance(v, str),
+        "experiments": lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
+        "dirs": lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v),
+        "wall_seconds": lambda v: v is None or _number(v),
+        "round_wall_seconds": lambda v: isinstance(v, dict) and all(
+            re.fullmatch(r"seed \d+", str(k)) and _number(x) for k, x in v.items()),
+        "machine": lambda v: isinstance(v, dict),
+        "workers": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    }
+    if not isinstance(meta.get("study"), str):
+        return "it names no study"
+    for key, ok in checks.items():
+        if key in meta and not ok(meta[key]):
+            return f"its {key} is malformed"
+    try:
+        for config in meta.get("experiments", []):
+            ExperimentConfig.from_dict(config)
+    except NormlabError:
+        return "its experiments are not valid configs"
+    return None
+
+
 def _meta_from_summary(summary: dict) -> dict:
     """study.json's fields as a summary.json records them (for rebuilding a lost study.json)."""
     meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "workers") if k in summary}
-    if summary.get("seed_rounds"):
-        meta["round_wall_seconds"] = {f"seed {r['seed']}": r["wall_seconds"] for r in summary["seed_rounds"]}
-    entries = [e for e in summary.get("experiments", []) if isinstance(e, dict)]
-    known = set(ExperimentConfig.__dataclass_fields__)
-    if entries and all(known <= set(e) for e in entries):
-        meta["experiments"] = [{k: e[k] for k in ExperimentConfig.__dataclass_fields__} for e in entries]
+    rounds = summary.get("seed_rounds")
+    if isinstance(rounds, list) and all(isinstance(r, dict) and isinstance(r.get("seed"), int) for r in rounds):
+        meta["round_wall_seconds"] = {f"seed {r['seed']}": r.get("wall_seconds") for r in rounds}
+    entries = summary.get("experiments")
+    entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    if entries and all(set(SETTINGS) | {"name"} <= set(e) for e in entries):
+        meta["experiments"] = [{k: e[k] for k in ("name", *SETTINGS)} for e in entries]
     elif entries:
         meta["dirs"] = [e["dir"] for e in entries if isinstance(e.get("dir"), str)]
-    return meta
+    return meta if meta_problem(meta) is None else {}
 
 
 def load_study_meta(study_dir: Path, notify: Callable[[str], None]) -> dict:
@@ -60,13 +93,14 @@ def load_study_meta(study_dir: Path, notify: Callable[[str], None]) -> dict:
     study = read_json_file(study_dir / STUDY)
     summary = read_json_file(study_dir / SUMMARY)
     from_summary = _meta_from_summary(summary.value) if summary.ok else {}
-    if study.ok and isinstance(study.value.get("study"), str):
+    problem = study.problem or meta_problem(study.value)
+    if problem is None:
         return {**from_summary, **study.value}  # an older study.json lacks fields its summary has
     if from_summary:
-        notify(f"rebuilt {STUDY} from {SUMMARY} ({study.problem or 'malformed'}).")
-    elif study.problem != "missing":
-        notify(f"{study_dir / STUDY} is {study.problem or 'malformed'} and no {SUMMARY} holds its record; "
-               "its wall time restarts from 0.")
+        notify(f"rebuilt {STUDY} from {SUMMARY} ({problem}).")
+    elif problem != "missing":
+        notify(f"{study_dir / STUDY} is {problem} and no {SUMMARY} holds its record; its wall time is "
+               "unknown and restarts from 0.")
     return from_summary
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as datasets
-from .augment import AugmentConfig, random_affine
+from .augment import random_affine
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .errors import DamagedError, DivergedError, NormlabError
@@ -29,8 +29,8 @@ from .model import Net, count_parameters
 from .recovery import inspect_experiment, repair_views, status_view, write_views
 from .results import CHECKPOINT, CONFIG, DAMAGED, DIVERGED, DONE, MISCLASSIFIED, RUNNING, STATUS
 
-AUGMENT = AugmentConfig()
 EVAL_BATCH = 2000
+MOMENTUM_SWING = 0.05  # the one-cycle momentum cycle is momentum +- this
 MISCLASSIFIED_COUNT = 10
 
 
@@ -148,6 +148,7 @@ class Experiment:
             raise DamagedError(state.problem)
         self.net_config = cfg.net_config(self.data.mean, self.data.std)
         self.slices = batch_slices(len(self.data.train_y), cfg.batch_size)
+        self.augment = cfg.augmentation()
         self._fresh()
         self.epoch = 0
         self.history: list[dict] = []
@@ -164,8 +165,12 @@ class Experiment:
         self.model = Net.from_config(self.net_config).to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(parameter_groups(self.model, self.cfg.l2), lr=self.cfg.lr,
                                          momentum=self.cfg.momentum)
+        # OneCycleLR cycles the momentum against the LR and overrides SGD's own: `momentum` is the
+        # centre of that cycle (0.9 -> 0.95 down to 0.85 and back, OneCycleLR's defaults).
+        m = self.cfg.momentum
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=self.cfg.lr, total_steps=self.cfg.epochs * len(self.slices))
+            self.optimizer, max_lr=self.cfg.lr, total_steps=self.cfg.epochs * len(self.slices),
+            base_momentum=round(m - MOMENTUM_SWING, 10), max_momentum=round(m + MOMENTUM_SWING, 10))
 
     @property
     def params(self) -> int:
@@ -210,7 +215,7 @@ class Experiment:
         """The training images at `idx`, augmented (whole batch at once), and their labels."""
         x, y = self.data.train_x[idx], self.data.train_y[idx]
         if self.cfg.augment:
-            x = random_affine(x, gen, AUGMENT)
+            x = random_affine(x, gen, self.augment)
         # channels_last: 5-8% faster on CPU (oneDNN convs; max-pool 10x faster); same maths.
         return x.contiguous(memory_format=torch.channels_last), y
 

@@ -26,7 +26,7 @@ out_dir = "runs/notebook"  # result files land here; re-running the notebook res
 seed = 1
 workers = None       # worker processes (None = one per CPU core)""", metadata={"tags": ["parameters"]}),
     md("""## The network: one model, the norm is an argument
-`Net(norm=...)` builds the seed's 7.7k-parameter CNN with `bn`, `gn` or `ln` layers, chosen from one
+`Net(norm=...)` builds the original exercise's 7.7k-parameter CNN with `bn`, `gn` or `ln` layers, chosen from one
 registry. "LN" is GroupNorm with one group (each sample normalized over C, H, W); see the README."""),
     code("""from pathlib import Path
 

@@ -75,7 +75,10 @@ def test_dry_run_lists_the_grid_without_training(tmp_path, capsys):
     (["train", "--norm", "bn", "--l2", "-1"], "--l2 -1.0 must be zero or positive"),
     (["train", "--norm", "bn", "--test-limit", "-5"], "--test-limit -5 must be a positive integer"),
     (["train", "--norm", "bn", "--dataset", "cifar"], "--dataset cifar is not a known dataset; choose one of: mnist, fashion-mnist"),
-    (["run", "nope"], "unknown study 'nope'; choose one of: mission, grid15, batch-size"),
+    (["run", "nope"], "unknown study 'nope'; choose one of: batch-size, gn-groups, grid15, mission"),
+    (["run", "missing.toml"], "study file missing.toml does not exist"),
+    (["train", "--lr", "0.1"], "normlab train needs --norm"),
+    (["train", "--norm", "bn", "--lr", "0.1", "0.2"], "--lr has 2 values; use normlab run for a grid"),
     (["run", "--workers", "0"], "--workers must be a positive integer"),
     (["train", "--norm", "bn", "--lr", "inf"], "--lr inf must be a finite number"),
     (["train", "--norm", "bn", "--l2", "nan"], "--l2 nan must be a finite number"),
@@ -84,7 +87,7 @@ def test_dry_run_lists_the_grid_without_training(tmp_path, capsys):
     (["train", "--norm", "bn", "--name", "a/b"], "--name a/b is not a safe experiment name"),
     (["train", "--norm", "bn", "--batch-size", "1"], "--batch-size 1 leaves batches of one image"),
     (["train", "--norm", "bn", "--train-limit", "1"], "--train-limit 1 leaves batches of one image"),
-    (["run", "--seeds", "1", "1"], "--seeds has repeated values"),
+    (["run", "--seeds", "1", "1"], "--seeds 1 1 has repeated values"),
     (["report", "/nonexistent/dir"], "is not a directory; pass the output directory"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(args, message, capsys):
@@ -168,17 +171,18 @@ def test_sigterm_keeps_finished_epochs_and_resume_finishes(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_experiment_does_not_stop_the_study(tmp_path):
-    """An L1 of 1e30 overflows bn-l1's loss to inf; gn and ln must still finish, and the exit code says so.
-
-    (--l1 50 does not diverge here: the norm after every conv undoes the weights' scale.)
-    """
+    """A peak LR of 1e6 makes the loss non-finite; the experiments at 0.02 must still finish, and the
+    exit code says so."""
     out = tmp_path / "m"
-    r = normlab_cli("run", "--l1", "1e30", *TINY_ARGS, "--out", str(out), "--workers", "2", "--quiet")
+    r = normlab_cli("run", "--norm", "bn", "ln", "--lr", "0.02", "1e6", *TINY_ARGS, "--out", str(out),
+                    "--workers", "2", "--quiet")
     assert r.returncode == 3, r.stderr
     assert "diverged" in r.stderr and "Traceback" not in r.stderr
     status = {e["name"]: e for e in json.loads((out / "summary.json").read_text())["experiments"]}
-    assert status["bn-l1"]["status"] == "diverged" and status["bn-l1"]["diverged_epoch"] >= 1
-    assert status["gn"]["status"] == "done" and status["ln"]["status"] == "done"
+    assert set(status) == {"bn-lr0.02", "bn-lr1e06", "ln-lr0.02", "ln-lr1e06"}
+    for norm in ("bn", "ln"):
+        assert status[f"{norm}-lr1e06"]["status"] == "diverged" and status[f"{norm}-lr1e06"]["diverged_epoch"] >= 1
+        assert status[f"{norm}-lr0.02"]["status"] == "done"
     assert "diverged" in (out / "report.md").read_text()
 
 

@@ -50,8 +50,8 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def no_drawing(monkeypatch):
     """The matrix is about files and recovery; drawing is tested in test_plots."""
-    for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified", "plot_bn_regularization_heatmap",
-                 "plot_comparison", "plot_batch_size"):
+    for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified", "plot_heatmaps",
+                 "plot_comparison", "plot_setting"):
         monkeypatch.setattr(report_module, name, lambda *a, **k: None)
 
 
@@ -163,3 +163,63 @@ def test_two_experiments_killed_in_their_misclassified_pass_finish_in_the_pool(p
     assert main(["run", *ARGS, "--resume", "--workers", "2", "--out", str(study)]) == 0, capsys.readouterr().err
     for d in EXPERIMENTS:
         assert experiment_record(study / d) == experiment_record(pristine["finished"] / d)
+
+
+def _replace_with_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _foreign_checkpoint(study: Path) -> None:
+    shutil.copy(study / "gn-seed1" / "model.pt", study / DAMAGED_EXP / "model.pt")
+
+
+def _study_json(content) -> callable:
+    return lambda study: (study / "study.json").write_text(json.dumps(content))
+
+
+# Faults beyond the four damage kinds: files of the right type with the wrong content, foreign
+# files, directories where files belong, both study files at once. (case, fault, recovers)
+CONTENT_FAULTS = [
+    ("config-is-a-directory", lambda s: _replace_with_directory(s / DAMAGED_EXP / "config.json"), False),
+    ("metrics-is-a-directory", lambda s: _replace_with_directory(s / DAMAGED_EXP / "metrics.csv"), False),
+    ("foreign-checkpoint", _foreign_checkpoint, False),
+    ("config-edited-lr", lambda s: (s / DAMAGED_EXP / "config.json").write_text(json.dumps(
+        {**json.loads((s / DAMAGED_EXP / "config.json").read_text()), "lr": 0.5})), False),
+    ("metrics-edited-number", lambda s: (s / DAMAGED_EXP / "metrics.csv").write_text(
+        (s / DAMAGED_EXP / "metrics.csv").read_text().replace(",", ",9", 3)), True),
+    ("metrics-crlf", lambda s: (s / DAMAGED_EXP / "metrics.csv").write_bytes(
+        (s / DAMAGED_EXP / "metrics.csv").read_bytes().replace(b"\n", b"\r\n")), True),
+    ("status-empty-object", lambda s: (s / DAMAGED_EXP / "status.json").write_text("{}"), True),
+    ("misclassified-a-number", lambda s: (s / DAMAGED_EXP / "misclassified.json").write_text("5"), True),
+    ("study-experiments-a-number", _study_json({"study": "mission", "experiments": 5}), True),
+    ("study-wall-a-string", _study_json({"study": "mission", "wall_seconds": "x"}), True),
+    ("study-rounds-malformed", _study_json({"study": "mission", "round_wall_seconds": {"x": 1}}), True),
+    ("both-study-files", lambda s: ((s / "study.json").write_text("{"), (s / "summary.json").write_text("7")), True),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, fault, recovers", CONTENT_FAULTS, ids=[c[0] for c in CONTENT_FAULTS])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_content_faults_recover_or_refuse_one_experiment(pristine, tmp_path, capsys, case, fault, recovers, mode):
+    study = tmp_path / "study"
+    shutil.copytree(pristine["finished"], study)
+    fault(study)
+    code = main([*MODES[mode], str(study)] if mode == "report" else [*MODES[mode], "--out", str(study)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    others = [d for d in EXPERIMENTS if d != DAMAGED_EXP]
+    if recovers:
+        assert code == 0, err
+        for d in EXPERIMENTS:
+            assert experiment_record(study / d) == experiment_record(pristine["finished"] / d), d
+    else:
+        assert code == 2, err
+        assert len([line for line in err.splitlines() if line.startswith("normlab: error:")]) == 1, err
+        assert DAMAGED_EXP in err
+        entries = {e["dir"]: e for e in json.loads((study / "summary.json").read_text())["experiments"]}
+        assert entries[DAMAGED_EXP]["status"] == "damaged"
+        assert all(entries[d]["status"] == "done" for d in others)
+    for d in others:
+        assert experiment_record(study / d) == experiment_record(pristine["finished"] / d), d

@@ -111,15 +111,33 @@ def test_report_aggregates_seeds_with_mean_and_std(tmp_path):
 
 
 @pytest.mark.parametrize("bn_at_2, panels", [(99.1, 1), (85.0, 2)])
-def test_batch_size_figure_zooms_when_one_point_collapses(tmp_path, captured, bn_at_2, panels):
+def test_one_varying_setting_is_drawn_against_it_and_zooms_when_one_point_collapses(
+        tmp_path, captured, bn_at_2, panels):
     finals = {("bn", 2): bn_at_2, ("bn", 128): 99.3, ("gn", 2): 99.2, ("gn", 128): 99.2}
     summary = {"study": "batch-size", "dataset": "mnist", "epochs": 5, "experiments": [
-        {"norm": n, "batch_size": b, "status": "done", "final_test_accuracy": a + d}
-        for (n, b), a in finals.items() for d in (-0.02, 0.02)]}  # two seeds each
-    assert plots.plot_batch_size(summary, tmp_path / "b.png").exists()
+        {"norm": n, "batch_size": b, "lr": 0.02 * b / 128, "seed": s, "status": "done", "final_test_accuracy": a + d}
+        for (n, b), a in finals.items() for s, d in ((1, -0.02), (2, 0.02))]}  # two seeds each
+    # the LR follows the batch size one to one: one axis, not two
+    assert plots.varying_settings(summary) == (["batch_size"], ["norm"])
+    assert plots.plot_setting(summary, "batch_size", tmp_path / "b.png").exists()
     axes = captured[-1].axes
     assert len(axes) == panels and all(len(ax.get_legend().get_texts()) == 2 for ax in axes)
+    assert axes[0].get_xlabel() == "batch_size"
     if panels == 2:
         low, high = axes[1].get_ylim()
         assert low > 90 and high < 100  # the zoom leaves the collapsed point out
     assert "mean of 2 seeds" in captured[-1]._suptitle.get_text()
+
+
+def test_two_varying_settings_make_a_heatmap_per_norm(tmp_path, captured):
+    summary = {"study": "grid", "dataset": "mnist", "epochs": 5, "experiments": [
+        {"norm": n, "l1": l1, "l2": l2, "seed": 1, "status": "done", "final_test_accuracy": 99 + l1 * 10 + l2 * 100}
+        for n in ("bn", "ln") for l1 in (0.0, 0.01) for l2 in (0.0, 0.001, 0.002)]}
+    assert plots.varying_settings(summary) == (["l1", "l2"], ["norm"])
+    assert plots.plot_heatmaps(summary, "l2", "l1", tmp_path / "h.png").exists()
+    fig = captured[-1]
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["BN", "LN"]
+    assert panels[0].get_xlabel() == "l2" and panels[0].get_ylabel() == "l1"
+    values = sorted(float(t.get_text()) for t in panels[0].texts)
+    assert values == sorted(round(99 + l1 * 10 + l2 * 100, 2) for l1 in (0.0, 0.01) for l2 in (0.0, 0.001, 0.002))

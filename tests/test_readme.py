@@ -49,3 +49,24 @@ def test_mission_accuracies_in_the_readme_come_from_the_results():
     assert f"{summary['wall_seconds']:,.0f} s" in README
     for r in summary["seed_rounds"]:
         assert f"{r['wall_seconds']:.0f} s" in README, r["seed"]
+
+
+def test_the_repository_cites_nothing_outside_itself():
+    """Facts the project relies on live in its own docs (docs/FACTS.md), not in a team page."""
+    outside = ("DESIGN" + ".md", "../" + "shared")
+    for path in ROOT.rglob("*"):
+        if path.suffix not in (".py", ".md", ".toml", ".ipynb", ".cfg", ".txt") or not path.is_file():
+            continue
+        if {".venv", "runs", ".git", "data"} & set(path.relative_to(ROOT).parts):
+            continue
+        text = path.read_text(errors="replace")
+        for needle in outside:
+            assert needle not in text, f"{path.relative_to(ROOT)} cites {needle}"
+
+
+def test_docs_facts_hold_the_data_checksums_the_code_verifies():
+    from normlab.data import DATASETS
+    facts = (ROOT / "docs" / "FACTS.md").read_text()
+    for spec in DATASETS.values():
+        for md5 in spec.md5.values():
+            assert md5 in facts

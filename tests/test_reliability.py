@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -178,3 +179,75 @@ def test_committed_results_report_without_repairs(tmp_path, capsys, no_drawing):
     assert summary["wall_seconds"] == committed["wall_seconds"]
     for e in summary["experiments"]:
         assert read_metrics(study / e["dir"] / "metrics.csv")[-1]["test_accuracy"] == e["final_test_accuracy"]
+
+
+@pytest.mark.slow
+def test_the_numbers_do_not_depend_on_the_worker_count(tmp_path, no_drawing):
+    """One worker trains in this process; it must use one torch thread, as every pool worker does."""
+    import torch
+    torch.set_num_threads(2)  # what a fresh process on this machine would have
+    for workers in ("1", "2"):
+        assert main(["run", "--norm", "ln", "gn", *TINY, "--workers", workers, "--out", str(tmp_path / workers),
+                     "--quiet"]) == 0
+    assert torch.get_num_threads() == 2  # restored afterwards
+    for d in ("ln-seed1", "gn-seed1"):
+        assert read_metrics(tmp_path / "1" / d / "metrics.csv")[-1] | {"seconds": 0} == \
+            read_metrics(tmp_path / "2" / d / "metrics.csv")[-1] | {"seconds": 0}
+
+
+def test_resuming_with_another_setting_is_refused_even_without_config_json(tmp_path, capsys, no_drawing):
+    out = tmp_path / "r"
+    assert main(["train", "--norm", "ln", *TINY, "--out", str(out), "--quiet"]) == 0
+    (out / "ln-seed1" / "config.json").unlink()
+    assert main(["train", "--norm", "ln", *TINY, "--lr", "0.5", "--out", str(out), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "different config (lr 0.02 -> 0.5)" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--norm", "gn", "--seed", "99999999999999999999"], "--seed 99999999999999999999 must be at most"),
+    (["run", "--epochs", "1e3"], "argument --epochs: invalid int value: '1e3'"),
+    (["run", "--momentum", "0.99"], "--momentum 0.99 must be from 0.05 to 0.94"),
+])
+def test_more_bad_input_is_one_sentence(tmp_path, capsys, args, message):
+    try:
+        code = main([*args, "--out", str(tmp_path), "--dry-run"])
+    except SystemExit as e:  # argparse's own errors end the process, as from the shell
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_dry_run_of_a_diverged_study_exits_as_the_study_does(tmp_path, no_drawing):
+    args = ["train", "--norm", "bn", "--lr", "1e6", *TINY, "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 3
+    assert main([*args, "--resume", "--dry-run"]) == 3
+
+
+@pytest.mark.parametrize("images, error, message", [
+    ("numpy", TypeError, "torch.Tensor"),
+    ("nan", ValueError, "NaN"),
+    ("32x32", ValueError, "shape (N, 1, 28, 28)"),
+])
+def test_a_loaded_model_refuses_inputs_it_would_get_wrong(tmp_path, no_drawing, images, error, message):
+    import numpy as np
+    import torch
+
+    import normlab
+    assert main(["train", "--norm", "ln", *TINY, "--out", str(tmp_path), "--quiet"]) == 0
+    model = normlab.load_model(tmp_path / "ln-seed1" / "model.pt")
+    x = {"numpy": np.zeros((2, 28, 28), dtype=np.uint8), "nan": torch.full((2, 1, 28, 28), float("nan")),
+         "32x32": torch.rand(2, 1, 32, 32)}[images]
+    with pytest.raises(error, match=re.escape(message)):
+        model(x)
+    # float64 and uint8 images are scored as the float32 images they stand for
+    u8 = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    expected = model(u8.float().div(255).unsqueeze(1))
+    torch.testing.assert_close(model(u8), expected)
+    torch.testing.assert_close(model(u8.double().div(255)), expected)
+
+
+def test_net_settings_are_checked_from_python():
+    from normlab.model import Net
+    with pytest.raises(ValueError, match=r"dropout=nan must be a probability"):
+        Net(dropout=float("nan"))

@@ -78,7 +78,7 @@ def test_existing_results_need_resume_and_a_matching_config(tiny_cfg, tmp_path):
 
 
 def test_each_experiment_of_a_study_starts_from_its_own_fresh_init(tmp_path):
-    """The seed's defect: its later runs continued from the previous run's weights."""
+    """The original exercise's defect: its later runs continued from the previous run's weights."""
     base = ExperimentConfig(epochs=1, train_limit=256, test_limit=128, batch_size=64)
     study = build_study("mission", base, seeds=[1])
     run_study(study, tmp_path, workers=1, quiet=True)
