@@ -203,8 +203,8 @@ def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:
     for (series, yv, xv), values in cells.items():
         panels.setdefault(series, {})[(yv, xv)] = values
     panels = {k: v for k, v in panels.items() if len({c[0] for c in v}) >= 2 or len({c[1] for c in v}) >= 2}
-    if not panels:
-        return None
+    if not any(len({c[0] for c in v}) >= 2 and len({c[1] for c in v}) >= 2 for v in panels.values()):
+        return None  # no panel is a grid of both settings
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.8, 4.2), dpi=110, squeeze=False)
     seeds = max(len(v) for v in cells.values())
     for ax, (series, panel) in zip(axes[0], panels.items()):
@@ -272,7 +272,10 @@ def plot_setting(summary: dict, key: str, path: Path) -> Path | None:
     _, categorical = varying_settings(summary)
     finals = _final_by(summary, lambda e: (_series(e, categorical), e.get(key)))
     xs_all = sorted({k[1] for k in finals})
-    if len(xs_all) < 2:
+    per_series = defaultdict(set)
+    for name, x in finals:
+        per_series[name].add(x)
+    if max(len(v) for v in per_series.values()) < 2:  # no line would have two points
         return None
     series = sorted({k[0] for k in finals})
     means = {k: float(np.mean(v)) for k, v in finals.items()}

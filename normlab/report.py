@@ -81,10 +81,12 @@ def comparisons(summary: dict) -> list[dict]:
     """Each pair of experiment names that differ in one setting (in a study of at most six names,
     every pair), with the Welch 95% interval of the difference of their mean final accuracies."""
     rows = [r for r in aggregate(summary) if r["done"] >= 2]
+    numeric, categorical = varying_settings(summary)
+    axes = [k for k in SETTINGS if k in numeric or k in categorical]  # a setting that follows another counts with it
     out = []
     for i, a in enumerate(rows):
         for b in rows[i + 1:]:
-            differs = [k for k in SETTINGS if k != "seed" and a["entry"].get(k) != b["entry"].get(k)]
+            differs = [k for k in axes if a["entry"].get(k) != b["entry"].get(k)]
             if not differs or (len(differs) > 1 and len(rows) > 6):
                 continue
             diff = welch_difference(a["finals"], b["finals"])
@@ -101,7 +103,8 @@ def comparison_lines(summary: dict) -> list[str]:
     lines = ["", "## Differences (95% confidence intervals)", "",
              "Difference of mean final test accuracy, in points, with Welch's t interval over seeds "
              "(`scipy.stats.ttest_ind(equal_var=False)`); an interval that holds 0 means the two are not "
-             "distinguishable with this many seeds.", "",
+             "distinguishable with this many seeds. A setting that follows another one to one (the batch-size "
+             "study's LR) counts with it.", "",
              "| A | B | differs in | A − B | 95% CI | verdict |", "|---|---|---|---:|---:|---|"]
     for c in found:
         d = c["difference"]
