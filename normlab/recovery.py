@@ -120,8 +120,9 @@ def _misclassified_ok(read: Read) -> bool:
         for im in images) and isinstance(read.value.get("wrong_total"), int)
 
 
-def _legacy_history(d: Path, state: dict) -> list[dict] | str:
-    """Version-1 checkpoints carry no history: their metrics.csv is the record, when it is intact."""
+def _upgrade_version_1(d: Path, state: dict) -> dict | str:
+    """A version-1 checkpoint as version 2, or why it cannot be: it carries no history, device or
+    divergence, so its metrics.csv and status.json are the record, when they are intact."""
     text = read_text(d / METRICS)
     try:
         rows = parse_metrics(text.value) if text.ok else None
@@ -130,7 +131,13 @@ def _legacy_history(d: Path, state: dict) -> list[dict] | str:
     if rows is None or len(rows) < state["epoch"]:
         return (f"{d / METRICS} is {text.problem or 'damaged'} and {d / CHECKPOINT} (format 1) holds no copy "
                 f"of the history; {_retrain_fix(d)}.")
-    return rows[: state["epoch"]]
+    status = read_json_file(d / STATUS)
+    recorded = status.value if status.ok else {}
+    diverged = None
+    if recorded.get("status") == DIVERGED:
+        diverged = {"epoch": recorded.get("diverged_epoch"), "message": recorded.get("message", "")}
+    return {**state, "history": rows[: state["epoch"]], "diverged": diverged,
+            "params": recorded.get("params"), "device": recorded.get("device", "cpu")}
 
 
 def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) -> ExperimentState:
@@ -172,15 +179,9 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
             raise NormlabError(f"{d} already holds results; pass --resume to continue it or --out to start "
                                "elsewhere.")
     if state["version"] == 1:
-        history = _legacy_history(d, state)
-        if isinstance(history, str):
-            return _damaged(d, cfg, history)
-        status = read_json_file(d / STATUS)
-        state = {**state, "history": history, "diverged": None, "params": None,
-                 "device": status.value.get("device", "cpu") if status.ok else "cpu"}
-        if status.ok and status.value.get("status") == DIVERGED:
-            state["diverged"] = {"epoch": status.value.get("diverged_epoch"), "message": status.value.get("message", "")}
-        state["params"] = status.value.get("params") if status.ok else None
+        state = _upgrade_version_1(d, state)
+        if isinstance(state, str):
+            return _damaged(d, cfg, state)
     repairs = []
     if not config_read.ok:
         repairs.append((CONFIG, config_read.problem))
@@ -242,23 +243,26 @@ def write_views(d: Path, checkpoint: dict, kind: str) -> None:
 
 
 def repair_views(state: ExperimentState, notify: Callable[[str], None]) -> None:
-    """Rebuild every view listed in `state.repairs`, saying so once per file."""
+    """Rebuild every view listed in `state.repairs` from the checkpoint, saying so once per file.
+
+    Without a checkpoint (nothing trained yet) there is nothing to rebuild from: stale views are
+    removed and config.json is rewritten for the command's config. A misclassified.json that is
+    damaged, or left from an unfinished experiment, is removed; the misclassified pass writes it.
+    """
     d = state.dir
     for name, why in state.repairs:
         path = d / name
-        if state.checkpoint is None or name == MISCLASSIFIED:
-            if name == CONFIG and state.config is not None:
-                atomic_write_json(path, state.config)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            notify(f"{d.name}: removed {name} ({why})" if name != CONFIG else f"{d.name}: rewrote {name} ({why})")
-            continue
-        if name == CONFIG:
-            atomic_write_json(path, state.checkpoint["experiment"])
-        elif name == METRICS:
+        if name == CONFIG and state.config is not None:
+            atomic_write_json(path, state.config)
+        elif state.checkpoint is not None and name == METRICS:
             write_metrics(path, state.checkpoint["history"])
-        elif name == STATUS:
+        elif state.checkpoint is not None and name == STATUS:
             atomic_write_json(path, status_view(state.checkpoint, state.kind))
-        notify(f"{d.name}: rebuilt {name} from {CHECKPOINT} ({why})")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            notify(f"{d.name}: removed {name} ({why})")
+            continue
+        source = f"from {CHECKPOINT}" if state.checkpoint is not None else "for this command"
+        notify(f"{d.name}: rebuilt {name} {source} ({why})")
     state.repairs = []
