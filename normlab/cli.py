@@ -139,6 +139,8 @@ def _warn_unused(args: argparse.Namespace, study) -> None:
         _warn(f"--groups {values(args.groups)} has no effect: no experiment of this study uses GroupNorm (gn).")
     if args.seeds and args.seed is not None:
         _warn(f"--seed {values(args.seed)} has no effect beside --seeds {values(args.seeds)}.")
+    for warning in study.warnings:
+        _warn(warning)
 
 
 def study_exit_code(summary: dict, failed: list[str]) -> int:

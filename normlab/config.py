@@ -14,7 +14,7 @@ from .model import NetConfig, check_norm, config_from_dict
 MAX_SEED = 2**31 - 1  # every epoch's seed, seed * 1_000_003 + epoch, must fit torch's 64-bit seeds
 
 # Experiment names become directory names: no path separators, no hidden or option-like names.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def setting(default, help: str, metavar: str = "F"):
@@ -49,7 +49,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
-            raise ConfigError("name", self.name, "{setting} is not a safe experiment name; use up to 64 "
+            raise ConfigError("name", self.name, "{setting} is not a safe experiment name; use up to 200 "
                               "letters, digits, '.', '_' or '-', starting with a letter or digit.")
         self.norm = check_norm(self.norm, self.groups)
         if self.dataset not in DATASETS:

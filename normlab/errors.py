@@ -25,6 +25,10 @@ class ConfigError(NormlabError, ValueError):
         return self.problem.format(setting=f"{flag} {value}")
 
 
+class ArgumentError(NormlabError, ValueError):
+    """A bad argument that is not one setting (an unknown study, a malformed grid): a ValueError for Python."""
+
+
 class DataError(NormlabError):
     """A dataset could not be fetched or verified."""
 

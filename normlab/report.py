@@ -228,6 +228,14 @@ def generate_report(study_dir: Path, notify: Callable[[str], None] | None = None
     return summary
 
 
+def _limits_line(summary: dict) -> list[str]:
+    """Say so when experiments used only part of the data: then "test set" means that part."""
+    limits = sorted({(e.get("train_limit"), e.get("test_limit")) for e in summary["experiments"]
+                     if e.get("train_limit") or e.get("test_limit")}, key=repr)
+    return [f"- data: only the first {tr or 'all'} training and {te or 'all'} test images (train_limit / "
+            "test_limit); accuracies below are on that part of the test set" for tr, te in limits]
+
+
 def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) -> str:
     ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
     m = summary.get("machine", {})
@@ -237,13 +245,14 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
         summary.get("description", ""),
         "",
         f"- epochs: {summary['epochs']}; experiments: {len(summary['experiments'])}",
+        *_limits_line(summary),
         f"- machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, device {m.get('device', '?')}"
         + (f" ({m['gpu']})" if m.get("gpu") else "") + f", torch {m.get('torch', '?')}",
         f"- study wall time: {wall_time_text(summary)}",
         "",
         "## Results",
         "",
-        "Accuracies in %, on the full test set after the last epoch. With several seeds: mean ± sample "
+        "Accuracies in %, on the test set after the last epoch. With several seeds: mean ± sample "
         "standard deviation, the 95% confidence interval of the mean (t), and the min–max range.",
         "",
         f"| name | model | params | seeds | final accuracy | 95% CI | min–max | best accuracy | final test loss "

@@ -156,8 +156,12 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     with directory_lock(out):
         states = plan_study(study, out, resume)
         meta = load_study_meta(out, notify)
+        # the directory's earlier experiments stay in the study (a second grid adds to the first)
+        ours = {cfg.dirname for cfg in study.experiments}
+        earlier = [c for c in meta.get("experiments", [])
+                   if (d := ExperimentConfig.from_dict(c).dirname) not in ours and (out / d).is_dir()]
         meta.update(study=study.name, description=study.description,
-                    experiments=[cfg.to_dict() for cfg in study.experiments])
+                    experiments=earlier + [cfg.to_dict() for cfg in study.experiments])
         for name, state in states.items():
             repair_views(state, notify)
             if state.kind == FINISHING:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
 
 from scipy import stats
@@ -53,5 +54,7 @@ def welch_difference(a: list[float], b: list[float], level: float = LEVEL) -> Di
     diff = statistics.fmean(a) - statistics.fmean(b)
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return Difference(diff, diff, diff, len(a), len(b))
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    with warnings.catch_warnings():  # near-identical seeds: scipy warns of precision loss; the interval stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
     return Difference(diff, float(ci.low), float(ci.high), len(a), len(b))

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SETTINGS, ExperimentConfig
-from .errors import ConfigError, NormlabError
+from .config import NAME_PATTERN, SETTINGS, ExperimentConfig
+from .errors import ArgumentError, ConfigError, NormlabError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +42,7 @@ class Study:
     name: str
     experiments: list[ExperimentConfig] = field(default_factory=list)
     description: str = ""
+    warnings: list[str] = field(default_factory=list)  # e.g. an override that a name template hides
 
     @property
     def dataset(self) -> str:
@@ -60,13 +61,16 @@ def study_path(study: str | Path) -> Path:
     """The file of a preset name or a path; one sentence when there is neither."""
     path = Path(study)
     if path.suffix == ".toml" or len(path.parts) > 1:
+        if path.is_dir():
+            raise ArgumentError(f"study {path} is a directory; pass a .toml study file or one of: "
+                                f"{', '.join(presets())}.")
         if not path.is_file():
-            raise NormlabError(f"study file {path} does not exist; pass a .toml file or one of: "
-                               f"{', '.join(presets())}.")
+            raise ArgumentError(f"study file {path} does not exist; pass a .toml file or one of: "
+                                f"{', '.join(presets())}.")
         return path
     if (PRESET_DIR / f"{study}.toml").is_file():
         return PRESET_DIR / f"{study}.toml"
-    raise NormlabError(f"unknown study {str(study)!r}; choose one of: {', '.join(presets())}, "
+    raise ArgumentError(f"unknown study {str(study)!r}; choose one of: {', '.join(presets())}, "
                        "or pass the path of a .toml study file.")
 
 
@@ -97,7 +101,7 @@ def read_study_file(study: str | Path) -> StudySpec:
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise NormlabError(f"{path} is not valid TOML ({e}); fix the file.") from None
     except OSError as e:
         raise NormlabError(f"cannot read study file {path} ({e.strerror}).") from None
@@ -108,6 +112,13 @@ def read_study_file(study: str | Path) -> StudySpec:
             or not all(isinstance(g, dict) and g for g in grids):
         raise NormlabError(f"{path} needs at least one non-empty [[grid]] table (and [base], if any, a table).")
     _check_keys(f"{path} [base]", base, SETTINGS)
+    if not isinstance(doc.get("description", ""), str):
+        raise NormlabError(f"{path}: description must be a string.")
+    for where, table in ((f"{path} [base]", base),
+                         *((f"{path} [[grid]] number {i}", g) for i, g in enumerate(grids, start=1))):
+        empty = [k for k, v in table.items() if v == []]
+        if empty:
+            raise NormlabError(f"{where}: {empty[0]} = [] has no values; give at least one.")
     for i, grid in enumerate(grids, start=1):
         _check_keys(f"{path} [[grid]] number {i}", grid, ("name", *SETTINGS))
         if "name" in grid and not isinstance(grid["name"], str):
@@ -152,11 +163,14 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
                  if k in SETTINGS and v != defaults[k]}
     for key, values in (grid or {}).items():
         if key not in SETTINGS:
-            raise NormlabError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}.")
+            raise ArgumentError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}.")
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
         if not values:
             raise ConfigError(key, values, "{setting} needs at least one value.")
-        overrides[key] = list(values)
-    if seeds:
+        overrides[key] = values
+    if seeds is not None:
+        if not seeds:
+            raise ConfigError("seeds", seeds, "{setting} needs at least one seed.")
         overrides["seed"] = list(seeds)
     seed_values = overrides.pop("seed", None)
     swept = [k for k, v in overrides.items() if len(v) > 1]  # the command line's own grid
@@ -181,31 +195,62 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
             if seed_values is None and point.get("seed", defaults["seed"]) != seed:
                 continue
             settings = {**defaults, **point, "seed": seed}
+            for key in ("train_limit", "test_limit"):  # a file says "all" where the command line may too
+                if isinstance(settings[key], str) and settings[key].strip().lower() in ("all", "none"):
+                    settings[key] = None
+            if isinstance(settings["norm"], str):
+                settings["norm"] = settings["norm"].strip().lower()
             settings["name"] = _experiment_name(spec, template, settings, swept, varying)
             same = {k: v for k, v in settings.items() if k != "name"}
             key = (settings["name"], seed)
             if key in seen:
                 if seen[key] == same:
                     continue  # the same experiment twice (an override collapsed a grid): run it once
-                raise NormlabError(f"{spec.source}: two different experiments are named {settings['name']!r}; "
-                                   "give the grid a name template that includes the setting that tells "
-                                   "them apart.")
+                differ = ", ".join(k for k in same if same[k] != seen[key][k])
+                raise NormlabError(f"{spec.source}: two different experiments would both be named "
+                                   f"{settings['name']!r} (they differ in {differ}, which the name does not "
+                                   "show); use values that print differently, or a study file whose grid has a "
+                                   "name template that includes it.")
             seen[key] = same
-            experiments.append(ExperimentConfig.from_dict(settings))
-    return Study(name=spec.name, experiments=experiments, description=spec.description)
+            experiments.append(_experiment(spec, settings, overrides))
+    hidden = sorted({k for table in spec.grids if "name" in table for k in table
+                     if k in overrides and k != "name" and len(overrides[k]) == 1
+                     and "{" + k not in table["name"]})
+    warnings = [f"--{k.replace('_', '-')} overrides a setting that the study's grid sets and its experiment "
+                f"names do not show; the names (e.g. {experiments[0].name!r}) no longer describe it."
+                for k in hidden]
+    return Study(name=spec.name, experiments=experiments, description=spec.description, warnings=warnings)
+
+
+def _experiment(spec: StudySpec, settings: dict, overrides: dict) -> ExperimentConfig:
+    """The validated config; a bad value from a study file is named with the file, as Python names it."""
+    try:
+        return ExperimentConfig.from_dict(settings)
+    except ConfigError as e:
+        if e.setting == "name":
+            raise NormlabError(f"{spec.source}: the experiment name {e.value!r}, made from the settings that "
+                               "vary, is not a safe name (up to 200 letters, digits, '.', '_' or '-'); vary fewer "
+                               "settings at once, or use a study file with a name template.") from None
+        if e.setting in overrides or e.setting == "seeds" or spec.source == "the command line":
+            raise  # the command line's own value: the CLI names its flag
+        raise NormlabError(f"{spec.source}: {e}") from None
 
 
 def _experiment_name(spec: StudySpec, template: str | None, settings: dict, swept: list[str],
                      varying: list[str]) -> str:
     """The grid's template (plus the command line's swept settings), or the settings that vary."""
-    if template is None:
-        return "-".join(name_part(k, settings[k]) for k in (varying or ["norm"]))
+    if template is None:  # the norm first, always: it is what this lab compares
+        return "-".join(name_part(k, settings[k]) for k in ["norm", *(k for k in varying if k != "norm")])
     try:
         name = template.format(**settings)
-    except (KeyError, ValueError, IndexError) as e:
+    except Exception as e:  # any format error: unknown key, bad spec, attribute or item access
         raise NormlabError(f"{spec.source}: name template {template!r} does not fit the settings ({e}); "
                            "use names of settings in braces, e.g. \"gn-g{groups}\".") from None
-    return "-".join([name, *(name_part(k, settings[k]) for k in swept)])
+    name = "-".join([name, *(name_part(k, settings[k]) for k in swept)])
+    if not NAME_PATTERN.fullmatch(name):
+        raise NormlabError(f"{spec.source}: name template {template!r} gives {name!r}, not a safe experiment "
+                           "name (up to 200 letters, digits, '.', '_' or '-', starting with a letter or digit).")
+    return name
 
 
 def grid_study(grid: dict[str, list], seeds: list[int] | None = None) -> Study:

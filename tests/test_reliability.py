@@ -251,3 +251,12 @@ def test_net_settings_are_checked_from_python():
     from normlab.model import Net
     with pytest.raises(ValueError, match=r"dropout=nan must be a probability"):
         Net(dropout=float("nan"))
+
+
+def test_a_second_grid_in_the_same_directory_adds_to_the_study(tmp_path, capsys, no_drawing):
+    out = tmp_path / "g"
+    assert main(["run", "--norm", "ln", "--lr", "0.01", "0.02", *TINY, "--out", str(out), "--quiet"]) == 0
+    assert main(["run", "--norm", "gn", "--lr", "0.01", "0.02", *TINY, "--out", str(out), "--quiet"]) == 0
+    dirs = [e["dir"] for e in json.loads((out / "summary.json").read_text())["experiments"]]
+    assert dirs == ["ln-lr0.01-seed1", "ln-lr0.02-seed1", "gn-lr0.01-seed1", "gn-lr0.02-seed1"]
+    assert "RuntimeWarning" not in capsys.readouterr().err

@@ -61,15 +61,38 @@ def test_a_user_study_file_is_the_union_of_its_grids(tmp_path):
     ('colour = "red"\n[[grid]]\nnorm = "bn"\n', "unknown key(s) colour; known: description, base, grid"),
     ('[base]\nepochs = 2\n', "needs at least one non-empty [[grid]]"),
     ('[[grid]]\nnorm = "bn"\nlr = [0.1\n', "is not valid TOML"),
-    ('[[grid]]\nnorm = ["bn", "gn"]\nname = "same"\n', "two different experiments are named 'same'"),
+    ('[[grid]]\nnorm = ["bn", "gn"]\nname = "same"\n', "two different experiments would both be named 'same' (they differ in norm"),
     ('[[grid]]\nnorm = "bn"\nname = "x-{colour}"\n', "name template 'x-{colour}' does not fit"),
-    ('[[grid]]\nnorm = "bn"\nlr = -1.0\n', "lr=-1.0 must be positive"),
+    ('[[grid]]\nnorm = "bn"\nlr = -1.0\n', "bad.toml: lr=-1.0 must be positive"),
+    ('[[grid]]\nnorm = "bn"\nepochs = "3"\n', "bad.toml: epochs='3' must be a positive integer"),
+    ('[[grid]]\nnorm = "bn"\nlr = []\n', "lr = [] has no values"),
+    ('[[grid]]\nnorm = "bn"\nname = "x{norm.foo}"\n', "name template 'x{norm.foo}' does not fit"),
+    ('[[grid]]\nnorm = "bn"\nname = "a/{norm}"\n', "gives 'a/bn', not a safe experiment name"),
+    ('description = [1]\n[[grid]]\nnorm = "bn"\n', "description must be a string"),
 ])
 def test_a_bad_study_file_is_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(NormlabError, match=re.escape(message)):
         build_study(path)
+
+
+def test_a_study_file_that_is_not_text_or_not_a_file_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "x.toml").write_bytes(b"\xff\xfe[[grid]]\n")
+    assert main(["run", str(tmp_path / "x.toml"), "--dry-run"]) == 2
+    assert "is not valid TOML" in capsys.readouterr().err
+    (tmp_path / "d.toml").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):  # from Python: a ValueError too
+        build_study(tmp_path / "d.toml")
+    with pytest.raises(ValueError, match="unknown study 'nosuch'"):
+        build_study("nosuch")
+    with pytest.raises(ValueError, match="seeds=\\[\\] needs at least one seed"):
+        build_study("mission", seeds=[])
+
+
+def test_values_that_name_the_same_experiment_run_once():
+    assert [e.name for e in grid_study({"norm": ["BN", "bn"]}).experiments] == ["bn"]
+    assert len(build_study("mission", grid={"lr": 0.01}).experiments) == 3  # a scalar is one value
 
 
 def test_every_setting_of_the_config_is_a_flag_that_takes_several_values():
@@ -126,7 +149,8 @@ def test_a_grid_over_other_settings_runs_exactly_the_product_and_reports_interva
     assert all(e["status"] == "done" for e in summary["experiments"])
     report = (out / "report.md").read_text()
     assert "## Differences (95% confidence intervals)" in report
-    rows = [line for line in report.splitlines() if line.startswith("| momentum") and " to " in line]
+    rows = [line for line in report.splitlines() if line.startswith("| ln-momentum") and " to " in line]
+    assert "only the first 128 training and 64 test images" in report
     assert any("| momentum |" in r for r in rows) and any("| shear |" in r for r in rows)
     # momentum is a real setting: it changes the training (OneCycleLR would otherwise override it)
     by_momentum = {e["momentum"]: e["final_train_loss"] for e in summary["experiments"]
