@@ -192,7 +192,8 @@ def varying_settings(summary: dict) -> tuple[list[str], list[str]]:
 
 
 def _series(entry: dict, categorical: list[str]) -> str:
-    return ", ".join(str(entry.get(k)).upper() if k == "norm" else f"{k} {entry.get(k)}" for k in categorical) or "all"
+    return ", ".join(str(entry.get(k)).upper() if k == "norm" else f"{k} {entry.get(k)}"
+                     for k in categorical) or str(entry.get("norm", "all")).upper()
 
 
 def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:

@@ -70,3 +70,13 @@ def test_docs_facts_hold_the_data_checksums_the_code_verifies():
     for spec in DATASETS.values():
         for md5 in spec.md5.values():
             assert md5 in facts
+
+
+def test_the_gn_group_count_study_is_complete_and_quoted():
+    summary = json.loads((ROOT / "results" / "gn-groups" / "summary.json").read_text())
+    entries = summary["experiments"]
+    assert sorted({e["groups"] for e in entries}) == [1, 2, 4, 8] and len({e["seed"] for e in entries}) >= 3
+    assert all(e["status"] == "done" and e["epochs_run"] == 20 and e["norm"] == "gn" for e in entries)
+    for row in aggregate(summary):
+        assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in README, row["name"]
+    assert "results/gn-groups/groups.png" in README
