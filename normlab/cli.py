@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .config import SETTINGS, ExperimentConfig
 from .data import DATASETS
-from .errors import ConfigError, NormlabError
+from .errors import ConfigError, NormlabError, notice
 from .model import NORMS
 from .results import DAMAGED, DIVERGED
 from .studies import presets
@@ -172,7 +172,7 @@ def _dry_run(study, args, out: Path) -> int:
     check_unlocked(out)
     states = plan_study(study, out, args.resume)
     todo = sum(s.to_train for s in states.values())
-    workers = cap_workers(args.workers, todo, _note)
+    workers = cap_workers(args.workers, todo, notice)
     print(f"study {study.name}: {len(study.experiments)} experiments -> {out} "
           f"({todo} to run, {workers} worker(s))")
     defaults = ExperimentConfig().to_dict()
@@ -193,10 +193,6 @@ def _dry_run(study, args, out: Path) -> int:
     return EXIT_DIVERGED if any(s.kind == DIVERGED for s in states.values()) else 0
 
 
-def _note(message: str) -> None:
-    print(f"normlab: {message}", file=sys.stderr)
-
-
 def _execute(study, args, out: Path) -> int:
     from .report import final_table, generate_report
     from .runner import run_study
@@ -208,7 +204,7 @@ def _execute(study, args, out: Path) -> int:
         return _dry_run(study, args, out)
     outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
                         executor=args.executor, address=args.address, quiet=args.quiet)
-    summary = generate_report(out, notify=_note)
+    summary = generate_report(out, notify=notice)
     print(final_table(summary))
     print(f"results: {out}")
     return study_exit_code(summary, outcome.failed)
@@ -256,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import final_table, generate_report
 
-    summary = generate_report(args.dir, notify=_note)
+    summary = generate_report(args.dir, notify=notice)
     print(final_table(summary))
     print(f"report: {args.dir / 'report.md'}")
     return study_exit_code(summary, [])

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+
+def notice(message: str) -> None:
+    """A repair or a note the user should see even with --quiet, on stderr, one line."""
+    print(f"normlab: {message}", file=sys.stderr, flush=True)
 
 
 class NormlabError(Exception):

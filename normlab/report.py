@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import SETTINGS
-from .errors import DamagedError, NormlabError
+from .errors import DamagedError, NormlabError, notice
 from .fileio import atomic_write_text, directory_lock
 from .plots import (
     DATASET_TITLES,
@@ -152,7 +152,7 @@ def refresh_summary(study_dir: Path, notify: Callable[[str], None] | None = None
     experiment's lost misclassified.json by its misclassified pass); a damaged experiment is
     listed as damaged with its sentence. Holds the directory lock while it writes.
     """
-    notify = notify or _notice
+    notify = notify or notice
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise NormlabError(f"{study_dir} is not a directory; pass the output directory of `normlab run`.")
@@ -173,12 +173,6 @@ def refresh_summary(study_dir: Path, notify: Callable[[str], None] | None = None
         if meta:
             save_study_meta(study_dir, meta)
         return write_summary(study_dir, meta, states)
-
-
-def _notice(message: str) -> None:
-    from .train import notice
-
-    notice(message)
 
 
 def _misclassified_pass(state, notify: Callable[[str], None]) -> None:

@@ -32,23 +32,23 @@ from tqdm import tqdm
 
 from . import data as datasets
 from .config import ExperimentConfig
-from .errors import DamagedError, DivergedError, NormlabError
+from .errors import DamagedError, DivergedError, NormlabError, notice
 from .fileio import directory_lock
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
-from .results import DAMAGED, STUDY, SUMMARY, read_json_file
+from .results import DAMAGED
 from .studies import Study
 from .summary import load_study_meta, machine_description, save_study_meta, write_summary
-from .train import Experiment, notice
+from .train import Experiment
 
 
 @dataclass
 class StudyOutcome:
-    """The study's state after a run: what diverged, what failed here, what is damaged (with its sentence)."""
+    """The study's state after a run: what diverged, and what failed in this run (with its message);
+    damaged experiments are in the summary, with their sentence."""
 
     summary: dict
     diverged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)
 
 
 def plan_study(study: Study, out: Path, resume: bool) -> dict[str, ExperimentState]:
@@ -60,13 +60,9 @@ def plan_study(study: Study, out: Path, resume: bool) -> dict[str, ExperimentSta
     names = [e.dirname for e in study.experiments]
     if len(set(names)) != len(names):
         raise NormlabError("the study has two experiments with the same name and seed.")
-    for file in (STUDY, SUMMARY):
-        held = read_json_file(Path(out) / file)
-        if held.ok and isinstance(held.value.get("study"), str):
-            if held.value["study"] != study.name:
-                raise NormlabError(f"{out} holds the study '{held.value['study']}', not '{study.name}'; "
-                                   "use another --out.")
-            break
+    held = load_study_meta(Path(out), notify=lambda message: None).get("study")  # reads, never writes
+    if held is not None and held != study.name:
+        raise NormlabError(f"{out} holds the study '{held}', not '{study.name}'; use another --out.")
     states = {cfg.dirname: inspect_experiment(Path(out) / cfg.dirname, cfg.to_dict(), resume)
               for cfg in study.experiments}
     for dataset in dict.fromkeys(cfg.dataset for cfg in study.experiments):
@@ -205,7 +201,6 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         if r["status"] == "failed":
             outcome.failed.append(f"{r['dir']}: {r['message']}")
     outcome.diverged = [e["dir"] for e in summary["experiments"] if e["status"] == "diverged"]
-    outcome.damaged = [e["message"] for e in summary["experiments"] if e["status"] == DAMAGED]
     return outcome
 
 

@@ -10,7 +10,6 @@ uninterrupted one would (on the same machine).
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from . import data as datasets
 from .augment import random_affine
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .errors import DamagedError, DivergedError, NormlabError
+from .errors import DamagedError, DivergedError, NormlabError, notice
 from .fileio import atomic_write_json, read_json
 from .model import Net, count_parameters
 from .recovery import inspect_experiment, repair_views, status_view, write_views
@@ -120,11 +119,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     loss = F.nll_loss(logp, y, reduction="sum").item() / len(y)
     accuracy = 100.0 * (logp.argmax(1) == y).sum().item() / len(y)
     return loss, accuracy
-
-
-def notice(message: str) -> None:
-    """A repair or a note the user should see even with --quiet, on stderr."""
-    print(f"normlab: {message}", file=sys.stderr, flush=True)
 
 
 ProgressFn = Callable[[int, int, float, float], None]  # (images done, total, loss, accuracy)
