@@ -2,7 +2,7 @@
 
 A checkpoint holds the config, the metrics history, the device, the parameter count and (for a
 diverged run) the divergence, next to the model, optimizer and schedule state. It is the one
-source of truth of an experiment: config.json, metrics.csv and status.json are views of it
+source of truth of an experiment: config.json, metrics.csv, dynamics.csv and status.json are views of it
 (`normlab.recovery` rebuilds them). Written atomically, read with weights_only=True.
 """
 
@@ -26,7 +26,7 @@ REQUIRED = {"epoch": int, "experiment": dict, "net_config": dict, "model": dict,
 
 def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, model: dict,
                     optimizer: dict, scheduler: dict, epoch: int, history: list[dict], device: str,
-                    params: int, diverged: dict | None = None) -> None:
+                    params: int, diverged: dict | None = None, dynamics: list[dict] | None = None) -> None:
     """Everything needed to continue training after `epoch`, to rebuild the model, or its views."""
     buf = io.BytesIO()
     state = {
@@ -42,6 +42,7 @@ def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, mode
         "device": device,
         "params": params,
         "diverged": diverged,
+        "dynamics": dynamics or [],  # normlab.dynamics rows; absent from files written before it existed
     }
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -103,6 +104,9 @@ def load_checkpoint(path: Path | str) -> dict:
         bad += [k for k, kind in (("device", str), ("params", int)) if not isinstance(state.get(k), kind)]
         if state.get("diverged") is not None and not isinstance(state.get("diverged"), dict):
             bad.append("diverged")
+        dynamics = state.setdefault("dynamics", [])
+        if not isinstance(dynamics, list) or not all(isinstance(r, dict) for r in dynamics):
+            bad.append("dynamics")
     if bad:
         raise _not_a_checkpoint(path, f"missing or malformed {', '.join(bad)}")
     return state

@@ -13,9 +13,9 @@ from . import __version__
 from .config import SETTINGS, ExperimentConfig
 from .data import DATASETS
 from .errors import ConfigError, NormlabError, notice
-from .model import NORMS
 from .results import DAMAGED, DIVERGED
 from .studies import presets
+from .zoo import NORMS
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # bad input, or a damaged result file: one sentence says which and how to fix it
@@ -52,6 +52,8 @@ def _setting_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="the same as --seed with several values")
     p.add_argument("--no-augment", dest="augment", action="store_const", const=[False],
                    help="the same as --augment false")
+    p.add_argument("--no-dynamics", dest="dynamics", action="store_const", const=[False],
+                   help="the same as --dynamics false")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -64,6 +66,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address for --executor ray (default: start a local Ray)")
     p.add_argument("--dry-run", action="store_true",
                    help="make every check a real run makes, list each experiment as new, resumable or done; train nothing")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write each epoch's metrics, dynamics and layer histograms as TensorBoard events "
+                        "under <out>/tensorboard (needs: pip install 'normlab[tensorboard]')")
     p.add_argument("--quiet", action="store_true",
                    help="no per-epoch lines (progress bars show only on a terminal anyway); notes, errors and the final table remain")
 
@@ -203,7 +208,8 @@ def _execute(study, args, out: Path) -> int:
     if args.dry_run:
         return _dry_run(study, args, out)
     outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
-                        executor=args.executor, address=args.address, quiet=args.quiet)
+                        executor=args.executor, address=args.address, quiet=args.quiet,
+                        tensorboard=args.tensorboard)
     summary = generate_report(out, notify=notice)
     print(final_table(summary))
     print(f"results: {out}")

@@ -46,6 +46,8 @@ class ExperimentConfig:
     scale_min: float = setting(0.9, "augmentation: smallest zoom factor")
     scale_max: float = setting(1.1, "augmentation: largest zoom factor")
     shear: float = setting(10.0, "augmentation: x-shear angle, uniform in +-degrees")
+    dynamics: bool = setting(True, "record per-layer training dynamics to dynamics.csv (normlab.dynamics); "
+                             "reading only, training is identical either way", "BOOL")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -81,8 +83,9 @@ class ExperimentConfig:
             raise ConfigError("seed", self.seed, f"{{setting}} must be at most {MAX_SEED}.")
         if self.dropout >= 1:
             raise ConfigError("dropout", self.dropout, "{setting} must be below 1.")
-        if not isinstance(self.augment, bool):
-            raise ConfigError("augment", self.augment, "{setting} must be true or false.")
+        for key in ("augment", "dynamics"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(key, getattr(self, key), "{setting} must be true or false.")
         if self.scale_min == 0 or self.scale_min > self.scale_max:
             raise ConfigError("scale_min", self.scale_min, f"{{setting}} must be positive and at most "
                               f"scale_max ({self.scale_max}).")

@@ -6,8 +6,10 @@ Architecture (the original exercise's, docs/FACTS.md), each block Conv3x3 (no bi
             -> block 8->16 -> block 16->16 -> block 16->16 -> AvgPool to 1x1
             -> block(1x1) 16->16 -> Conv1x1 16->10 -> log-softmax
 
-The norm layer is looked up in one registry (`NORMS`) and every norm is built by the same
-call, `norm_layer(num_channels)`, so the network never branches on the norm's name.
+The norm is looked up in one registry (`normlab.zoo.NORMS`): its entry builds the block's conv
+and norm and says whether the norm carries its own activation, so the network never branches
+on the norm's name. Blocks have named children (`conv`, `act`, `norm`, `drop`); state dicts of
+earlier normlab versions (children numbered 0-3) are renamed on load.
 
 "ln" means GroupNorm with one group: each sample normalized over (C, H, W) with a
 per-channel gamma/beta. This is the definition the GroupNorm paper (Wu & He, 2018) uses
@@ -20,7 +22,8 @@ elements and is a different method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -28,35 +31,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .zoo import NORMS, NormEntry
 
-NormFactory = Callable[[int], nn.Module]
-
-# Channel widths of the norm layers, so a group count can be checked before building.
-NORM_WIDTHS = (8, 16, 16, 16, 16, 16)
-
-
-def _group_norm(groups: int) -> NormFactory:
-    def build(channels: int) -> nn.Module:
-        return nn.GroupNorm(groups, channels)
-
-    return build
-
-
-NORMS: dict[str, Callable[[int], NormFactory]] = {
-    "bn": lambda groups: nn.BatchNorm2d,
-    "gn": _group_norm,
-    "ln": lambda groups: _group_norm(1),
-    "in": lambda groups: lambda channels: nn.GroupNorm(channels, channels),
-    "none": lambda groups: lambda channels: nn.Identity(),
-}
-
-NORM_DESCRIPTIONS = {
-    "bn": "BatchNorm2d: per channel over (N, H, W); running statistics in eval",
-    "gn": "GroupNorm: per sample over each group of channels and (H, W)",
-    "ln": "LayerNorm as GroupNorm(1, C): per sample over (C, H, W)",
-    "in": "InstanceNorm as GroupNorm(C, C): per sample per channel over (H, W)",
-    "none": "no normalization",
-}
+# The network, in order: ("block", in, out, kernel), ("conv", in, out, kernel), ("maxpool",), ("gap",).
+# Net is built from this plan, and the norm layers' widths (for checking a group count) are read from it.
+LAYERS = (
+    ("block", 1, 8, 3),     # 26x26
+    ("block", 8, 16, 3),    # 24x24
+    ("maxpool",),           # 12x12
+    ("conv", 16, 8, 1),     # transition: fewer channels, no norm
+    ("block", 8, 16, 3),    # 10x10
+    ("block", 16, 16, 3),   # 8x8
+    ("block", 16, 16, 3),   # 6x6
+    ("gap",),               # 1x1
+    ("block", 16, 16, 1),
+    ("conv", 16, 10, 1),
+)
+NORM_WIDTHS = tuple(layer[2] for layer in LAYERS if layer[0] == "block")
 
 
 def check_norm(norm: str, groups: int = 4) -> str:
@@ -64,7 +55,7 @@ def check_norm(norm: str, groups: int = 4) -> str:
     name = str(norm).strip().lower()
     if name not in NORMS:
         raise ConfigError("norm", norm, f"{{setting}} is not a known norm; choose one of: {', '.join(NORMS)}.")
-    if name == "gn":
+    if NORMS[name].uses_groups:
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ConfigError("groups", groups, "{setting} must be a positive integer.")
         bad = sorted({w for w in NORM_WIDTHS if w % groups})
@@ -129,19 +120,47 @@ class Dropout(nn.Dropout):
 
 
 class Block(nn.Sequential):
-    """Conv (no bias: the norm's beta, or nothing, follows) -> ReLU -> Norm -> Dropout."""
+    """conv -> act -> norm -> drop, from a zoo entry: the conv has no bias (the norm's beta, or
+    nothing, follows); `act` is ReLU, or Identity when the norm carries its own activation."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, norm_layer: NormFactory, dropout: float):
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel, bias=False),
-            nn.ReLU(),
-            norm_layer(cout),
-            Dropout(dropout),
-        )
+    def __init__(self, cin: int, cout: int, kernel: int, entry: NormEntry, groups: int, dropout: float):
+        super().__init__(OrderedDict(
+            conv=entry.conv(cin, cout, kernel),
+            act=nn.ReLU() if entry.has_relu else nn.Identity(),
+            norm=entry.build(cout, groups),
+            drop=Dropout(dropout),
+        ))
+
+
+# Blocks of normlab <= 0.1 had numbered children: features.<i>.<0-3>.<param> (conv, act, norm, drop).
+_OLD_BLOCK_KEY = re.compile(r"^(.*features\.\d+)\.([0-3])\.(.+)$")
+_OLD_CHILDREN = ("conv", "act", "norm", "drop")
+
+
+def _rename_old_block_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        m = _OLD_BLOCK_KEY.match(key)
+        if m:
+            state_dict[f"{m[1]}.{_OLD_CHILDREN[int(m[2])]}.{m[3]}"] = state_dict.pop(key)
+
+
+def build_layers(entry: NormEntry, groups: int, dropout: float) -> list[nn.Module]:
+    """The modules of `LAYERS`, in order."""
+    layers = []
+    for kind, *shape in LAYERS:
+        if kind == "block":
+            layers.append(Block(*shape, entry, groups, dropout))
+        elif kind == "conv":
+            layers.append(nn.Conv2d(*shape, bias=False))
+        elif kind == "maxpool":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers.append(nn.AdaptiveAvgPool2d(1))
+    return layers
 
 
 class Net(nn.Module):
-    """The original exercise's CNN (7,704 parameters with bn/gn/ln). Input: float images in [0, 1], (N, 1, 28, 28)."""
+    """The original exercise's CNN (7,704 parameters with bn/gn/ln; every zoo norm's count is in the README). Input: float images in [0, 1], (N, 1, 28, 28)."""
 
     def __init__(self, norm: str = "bn", groups: int = 4, dropout: float = 0.05,
                  mean: float = 0.1307, std: float = 0.3081):
@@ -150,21 +169,14 @@ class Net(nn.Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError("dropout", dropout, "{setting} must be a probability from 0 to below 1.")
         self.config = NetConfig(norm, groups, dropout, mean, std)
-        norm_layer = NORMS[norm](groups)
         self.register_buffer("input_mean", torch.tensor(float(mean)))
         self.register_buffer("input_std", torch.tensor(float(std)))
-        self.features = nn.Sequential(
-            Block(1, 8, 3, norm_layer, dropout),     # 26x26
-            Block(8, 16, 3, norm_layer, dropout),    # 24x24
-            nn.MaxPool2d(2),                         # 12x12
-            nn.Conv2d(16, 8, 1, bias=False),         # transition: fewer channels, no norm
-            Block(8, 16, 3, norm_layer, dropout),    # 10x10
-            Block(16, 16, 3, norm_layer, dropout),   # 8x8
-            Block(16, 16, 3, norm_layer, dropout),   # 6x6
-            nn.AdaptiveAvgPool2d(1),                 # 1x1
-            Block(16, 16, 1, norm_layer, dropout),
-            nn.Conv2d(16, 10, 1, bias=False),
-        )
+        self.features = nn.Sequential(*build_layers(NORMS[norm], groups, dropout))
+        self.register_load_state_dict_pre_hook(_rename_old_block_keys)
+
+    def blocks(self) -> list[tuple[str, Block]]:
+        """("block1", ...), ... in order: the layers that hold a norm."""
+        return [(f"block{i + 1}", b) for i, b in enumerate(m for m in self.features if isinstance(m, Block))]
 
     def _as_unit_images(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] images (as `normlab.data.load` returns them) become floats in [0, 1];

@@ -92,3 +92,48 @@ def layer_norm(
 ) -> NormResult:
     """LN per sample over (C, H, W), with per-channel gamma/beta: GroupNorm with one group."""
     return group_norm(x, 1, weight, bias, eps)
+
+
+def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                  eps: float = 1e-5) -> NormResult:
+    """IN per sample and channel over (H, W): GroupNorm with one channel per group."""
+    return group_norm(x, x.shape[1], weight, bias, eps)
+
+
+def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                  eps: float = 1e-6) -> NormResult:
+    """LayerNorm2d (ConvNeXt's): per sample and pixel, over the C channels only."""
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, unbiased=False, keepdim=True)
+    x_hat = (x - mean) / torch.sqrt(var + eps)
+    return NormResult(_affine(x_hat, weight, bias), mean, var, x_hat)
+
+
+def filter_response_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tau: torch.Tensor,
+                         eps: float = 1e-5) -> NormResult:
+    """FRN + TLU: x / sqrt(mean(x^2 over H, W) + eps) per sample and channel (no mean is
+    subtracted), gamma/beta, then the thresholded linear unit max(y, tau) as its activation."""
+    nu2 = x.pow(2).mean(dim=(2, 3), keepdim=True)
+    x_hat = x / torch.sqrt(nu2 + eps)
+    y = _affine(x_hat, weight, bias)
+    return NormResult(torch.maximum(y, tau.reshape(1, -1, 1, 1)), torch.zeros_like(nu2), nu2, x_hat)
+
+
+def evonorm_s0(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, v: torch.Tensor,
+               eps: float = 1e-5) -> NormResult:
+    """EvoNorm-S0: x * sigmoid(v x) / std, the std per sample and group over (C/G, H, W) (biased),
+    then gamma/beta. Activation and normalization in one layer; no mean is subtracted."""
+    n, c, h, w = x.shape
+    var = x.reshape(n, num_groups, -1).var(dim=2, unbiased=False)
+    std = torch.sqrt(var + eps).repeat_interleave(c // num_groups, dim=1).reshape(n, c, 1, 1)
+    x_hat = x * torch.sigmoid(v.reshape(1, -1, 1, 1) * x) / std
+    return NormResult(_affine(x_hat, weight, bias), torch.zeros_like(var), var, x_hat)
+
+
+def standardize_weight(weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Weight standardization: each output channel's filter to mean 0, variance 1 over
+    (in channels, kh, kw), biased variance; the conv then uses this weight."""
+    flat = weight.reshape(weight.shape[0], -1)
+    mean = flat.mean(dim=1, keepdim=True)
+    var = flat.var(dim=1, unbiased=False, keepdim=True)
+    return ((flat - mean) / torch.sqrt(var + eps)).reshape_as(weight)

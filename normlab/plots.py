@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from .config import SETTINGS  # noqa: E402
 from .fileio import read_json  # noqa: E402
 from .results import read_metrics  # noqa: E402
+from .zoo import colour  # noqa: E402
 
 TARGET_ACCURACY = 99.4
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
@@ -65,10 +66,17 @@ def _title(summary: dict, what: str) -> str:
     return f"{what} — {ds}, study '{summary['study']}'"
 
 
+def _one_name_per_norm(curves: dict) -> bool:
+    """True when every curve is a different norm, so each can take its norm's colour."""
+    norms = [c["entry"]["norm"] for c in curves.values()]
+    return len(set(norms)) == len(norms)
+
+
 def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path:
     """All models on one axes: mean over seeds, min-max band, best epoch marked, final value in legend."""
     ylabel, what = METRICS[metric]
     curves = curves_by_name(study_dir, summary)
+    by_norm = _one_name_per_norm(curves)
     higher_is_better = "accuracy" in metric
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     shown = []
@@ -83,7 +91,8 @@ def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path
                  f"best {fmt.format(mean[best])} (epoch {c['epochs'][best]}, ★)")
         if seeds > 1:
             label += f"\n    mean of {seeds} seeds, band = min–max"
-        (line,) = ax.plot(c["epochs"], mean, marker="o", markersize=3, linewidth=1.6, label=label)
+        style = {"color": colour(c["entry"]["norm"])} if by_norm else {}
+        (line,) = ax.plot(c["epochs"], mean, marker="o", markersize=3, linewidth=1.6, label=label, **style)
         if seeds > 1:
             ax.fill_between(c["epochs"], runs.min(0), runs.max(0), color=line.get_color(), alpha=0.18)
         ax.plot(c["epochs"][best], mean[best], marker="*", markersize=14, color=line.get_color(),
@@ -191,7 +200,7 @@ def varying_settings(summary: dict) -> tuple[list[str], list[str]]:
     return independent, categorical
 
 
-def _series(entry: dict, categorical: list[str]) -> str:
+def series_label(entry: dict, categorical: list[str]) -> str:
     return ", ".join(str(entry.get(k)).upper() if k == "norm" else f"{k} {entry.get(k)}"
                      for k in categorical) or str(entry.get("norm", "all")).upper()
 
@@ -199,7 +208,7 @@ def _series(entry: dict, categorical: list[str]) -> str:
 def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:
     """Mean final accuracy over a grid of two settings, one panel per value of the other settings."""
     _, categorical = varying_settings(summary)
-    cells = _final_by(summary, lambda e: (_series(e, categorical), e.get(y), e.get(x)))
+    cells = _final_by(summary, lambda e: (series_label(e, categorical), e.get(y), e.get(x)))
     panels = {}
     for (series, yv, xv), values in cells.items():
         panels.setdefault(series, {})[(yv, xv)] = values
@@ -241,11 +250,10 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
     names = list(finals)
     means = [np.mean(finals[n]) for n in names]
     entries = {e["name"]: e for e in summary["experiments"]}
-    colors = {"bn": "tab:blue", "gn": "tab:orange", "ln": "tab:green"}
     fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(names) + 1.4), dpi=110)
     y = np.arange(len(names))
     err = np.array([[m - min(finals[n]), max(finals[n]) - m] for n, m in zip(names, means)]).T
-    ax.barh(y, means, xerr=err if err.any() else None, color=[colors.get(entries[n]["norm"], "gray") for n in names])
+    ax.barh(y, means, xerr=err if err.any() else None, color=[colour(entries[n]["norm"]) for n in names])
     for yi, m in zip(y, means):
         ax.text(m, yi, f" {m:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
@@ -264,21 +272,27 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
 def plot_setting(summary: dict, key: str, path: Path) -> Path | None:
     """Final accuracy against one numeric setting, one line per value of the other varying settings.
 
-    Points are seed means with 95% confidence bars (min-max with fewer than 3 seeds). When one
-    point falls far below the rest (BN at batch 2), a second panel zooms in on the others, so a
-    collapse does not flatten the differences that remain.
+    Points are seed means with 95% confidence bars (min-max with fewer than 3 seeds). Diverged
+    runs are marked x at the bottom of the axes, one per seed. When one point falls far below the
+    rest (BN at batch 2), a second panel zooms in on the others, so a collapse does not flatten the
+    differences that remain. Lines of one norm each take that norm's colour.
     """
     from .stats import mean_interval
 
     _, categorical = varying_settings(summary)
-    finals = _final_by(summary, lambda e: (_series(e, categorical), e.get(key)))
-    xs_all = sorted({k[1] for k in finals})
+    finals = _final_by(summary, lambda e: (series_label(e, categorical), e.get(key)))
+    diverged = defaultdict(int)
+    for e in summary["experiments"]:
+        if e["status"] == "diverged":
+            diverged[(series_label(e, categorical), e.get(key))] += 1
+    norm_of = {series_label(e, categorical): e["norm"] for e in summary["experiments"]} if categorical == ["norm"] else {}
+    xs_all = sorted({k[1] for k in finals} | {k[1] for k in diverged})
     per_series = defaultdict(set)
     for name, x in finals:
         per_series[name].add(x)
     if max(len(v) for v in per_series.values()) < 2:  # no line would have two points
         return None
-    series = sorted({k[0] for k in finals})
+    series = sorted({k[0] for k in finals} | {k[0] for k in diverged})
     means = {k: float(np.mean(v)) for k, v in finals.items()}
     n_seeds = max(len(v) for v in finals.values())
 
@@ -298,14 +312,22 @@ def plot_setting(summary: dict, key: str, path: Path) -> Path | None:
             dodge = 2 ** ((i - (len(series) - 1) / 2) * 0.04) if log else 1.0  # side by side on a log axis
             ys = [means[(name, v)] for v in xs]
             err = np.array([bar(finals[(name, v)], means[(name, v)]) for v in xs]).T
-            ax.errorbar([v * dodge for v in xs], ys, yerr=err, marker="o", capsize=3, label=name)
+            style = {"color": colour(norm_of[name])} if norm_of else {}
+            line = ax.errorbar([v * dodge for v in xs], ys, yerr=err if xs else None, marker="o", capsize=3,
+                               label=name, **style)
+            lost = [v * dodge for v in xs_all if diverged.get((name, v))]
+            if lost:
+                ax.plot(lost, [0.02] * len(lost), marker="x", markersize=9, linestyle="none",
+                        color=line[0].get_color(), transform=ax.get_xaxis_transform(), clip_on=False)
         if log:
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
         ax.set_xlabel(key)
         ax.set_ylabel("final test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8 if len(series) > 5 else None)
+        if diverged and panel == 0:
+            ax.set_title("x at the bottom: a seed diverged there", fontsize=9)
         if panel == 1:
             ax.set_ylim(min(near) - 0.15, top + 0.15)
             ax.set_title("zoom: points within 1 point of the best", fontsize=10)

@@ -35,7 +35,8 @@ def _epoch_task(cfg_dict: dict, exp_dir: str, device: str) -> dict:
 
 
 def run_with_ray(study: Study, out: Path, todo: dict, *, device: str = "cpu", address: str | None = None,
-                 quiet: bool = False, on_epoch: Callable[[str], None] | None = None) -> list[dict]:
+                 quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
+                 after_epoch: Callable[[str, int], None] | None = None) -> list[dict]:
     """Run `todo` (dir name -> (config, epochs on disk)) as Ray tasks; the results of finished experiments."""
     from .runner import _epoch_bar, take_epoch_result
 
@@ -64,7 +65,7 @@ def run_with_ray(study: Study, out: Path, todo: dict, *, device: str = "cpu", ad
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             name = in_flight.pop(ready[0])
             r = ray.get(ready[0])
-            if take_epoch_result(r, name, todo, bar, quiet, on_epoch):
+            if take_epoch_result(r, name, todo, bar, quiet, on_epoch, after_epoch):
                 final.append(r)
             else:
                 submit(name)

@@ -27,16 +27,20 @@ from .results import (
     DAMAGED,
     DIVERGED,
     DONE,
+    DYNAMICS,
     METRICS,
     MISCLASSIFIED,
     PENDING,
     RUNNING,
     STATUS,
     Read,
+    parse_dynamics,
     parse_metrics,
     read_json_file,
     read_text,
+    render_dynamics,
     render_metrics,
+    write_dynamics,
     write_metrics,
 )
 
@@ -136,7 +140,7 @@ def _upgrade_version_1(d: Path, state: dict) -> dict | str:
     diverged = None
     if recorded.get("status") == DIVERGED:
         diverged = {"epoch": recorded.get("diverged_epoch"), "message": recorded.get("message", "")}
-    return {**state, "history": rows[: state["epoch"]], "diverged": diverged,
+    return {**state, "history": rows[: state["epoch"]], "diverged": diverged, "dynamics": [],
             "params": recorded.get("params"), "device": recorded.get("device", "cpu")}
 
 
@@ -148,7 +152,7 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     and raises NormlabError; damage to this one experiment is returned as DAMAGED instead.
     """
     d = Path(exp_dir)
-    for name in (CHECKPOINT, CONFIG, METRICS, STATUS, MISCLASSIFIED):
+    for name in (CHECKPOINT, CONFIG, METRICS, DYNAMICS, STATUS, MISCLASSIFIED):
         if (d / name).exists() and not (d / name).is_file():
             return _damaged(d, wanted, f"{d / name} is not a regular file; move it away, then run again with "
                             "--resume to rebuild it (or to retrain the experiment, for model.pt).")
@@ -194,6 +198,14 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
         repairs.append((METRICS, metrics.problem))
     elif metrics.value != render_metrics(state["history"]):
         repairs.append((METRICS, "it did not match its checkpoint's history"))
+    dynamics = read_text(d / DYNAMICS)
+    if state["dynamics"]:
+        if not dynamics.ok:
+            repairs.append((DYNAMICS, dynamics.problem))
+        elif dynamics.value != render_dynamics(state["dynamics"]):
+            repairs.append((DYNAMICS, "it did not match its checkpoint's record"))
+    elif dynamics.problem != "missing":
+        repairs.append((DYNAMICS, "its checkpoint recorded no dynamics"))
     misclassified = read_json_file(d / MISCLASSIFIED)
     if state.get("diverged"):
         kind = DIVERGED
@@ -219,7 +231,11 @@ def _without_checkpoint(d: Path, wanted: dict | None, config_read: Read) -> Expe
         rows = len(parse_metrics(metrics.value)) if metrics.ok else 0
     status = read_json_file(d / STATUS)
     trained = status.value.get("epochs_run") if status.ok and isinstance(status.value.get("epochs_run"), int) else 0
-    evidence = [(METRICS, rows), (STATUS, trained)]
+    dynamics = read_text(d / DYNAMICS)
+    recorded = 0
+    with contextlib.suppress(ValueError):
+        recorded = len(parse_dynamics(dynamics.value)) if dynamics.ok else 0
+    evidence = [(METRICS, rows), (DYNAMICS, recorded), (STATUS, trained)]
     if read_json_file(d / MISCLASSIFIED).ok:
         evidence.append((MISCLASSIFIED, 1))
     for name, epochs in evidence:
@@ -228,7 +244,7 @@ def _without_checkpoint(d: Path, wanted: dict | None, config_read: Read) -> Expe
                             f"{d / CHECKPOINT} is missing but {name} shows the experiment had trained; "
                             f"{_retrain_fix(d)}.")
     config = wanted or (config_read.value if config_read.ok else None)
-    repairs = [(f, "left from a start that trained nothing") for f in (METRICS, STATUS, MISCLASSIFIED)
+    repairs = [(f, "left from a start that trained nothing") for f in (METRICS, DYNAMICS, STATUS, MISCLASSIFIED)
                if (d / f).exists()]
     if (d / CONFIG).exists() and (not config_read.ok or _normalized(config_read.value, strict=False) != config):
         repairs.append((CONFIG, config_read.problem or "left from a start that trained nothing"))
@@ -236,9 +252,12 @@ def _without_checkpoint(d: Path, wanted: dict | None, config_read: Read) -> Expe
 
 
 def write_views(d: Path, checkpoint: dict, kind: str) -> None:
-    """config.json, metrics.csv and status.json from the checkpoint (after every epoch, and as repairs)."""
+    """config.json, metrics.csv, dynamics.csv and status.json from the checkpoint (after every
+    epoch, and as repairs)."""
     atomic_write_json(d / CONFIG, checkpoint["experiment"])
     write_metrics(d / METRICS, checkpoint["history"])
+    if checkpoint.get("dynamics"):
+        write_dynamics(d / DYNAMICS, checkpoint["dynamics"])
     atomic_write_json(d / STATUS, status_view(checkpoint, kind))
 
 
@@ -256,6 +275,8 @@ def repair_views(state: ExperimentState, notify: Callable[[str], None]) -> None:
             atomic_write_json(path, state.config)
         elif state.checkpoint is not None and name == METRICS:
             write_metrics(path, state.checkpoint["history"])
+        elif state.checkpoint is not None and name == DYNAMICS and state.checkpoint["dynamics"]:
+            write_dynamics(path, state.checkpoint["dynamics"])
         elif state.checkpoint is not None and name == STATUS:
             atomic_write_json(path, status_view(state.checkpoint, state.kind))
         else:

@@ -10,6 +10,7 @@ from pathlib import Path
 from .config import SETTINGS
 from .errors import DamagedError, NormlabError, notice
 from .fileio import atomic_write_text, directory_lock
+from .plot_dynamics import FIGURES, plot_dynamics
 from .plots import (
     DATASET_TITLES,
     TARGET_ACCURACY,
@@ -20,6 +21,7 @@ from .plots import (
     plot_misclassified,
     plot_setting,
     plot_train_vs_test,
+    series_label,
     varying_settings,
 )
 from .recovery import FINISHING, inspect_experiment, repair_views
@@ -95,11 +97,19 @@ def comparisons(summary: dict) -> list[dict]:
     return out
 
 
+MAX_LISTED_COMPARISONS = 40  # beyond this, only the distinguishable pairs are listed
+
+
 def comparison_lines(summary: dict) -> list[str]:
-    """report.md's section of differences, each with its interval and verdict."""
+    """report.md's section of differences, each with its interval and verdict. A large grid lists
+    only the pairs whose interval excludes 0, and says how many others there were."""
     found = comparisons(summary)
     if not found:
         return []
+    hidden = 0
+    if len(found) > MAX_LISTED_COMPARISONS:
+        shown = [c for c in found if c["difference"].low > 0 or c["difference"].high < 0]
+        hidden, found = len(found) - len(shown), shown
     lines = ["", "## Differences (95% confidence intervals)", "",
              "Difference of mean final test accuracy, in points, with Welch's t interval over seeds "
              "(`scipy.stats.ttest_ind(equal_var=False)`); an interval that holds 0 means the two are not "
@@ -110,6 +120,51 @@ def comparison_lines(summary: dict) -> list[str]:
         d = c["difference"]
         lines.append(f"| {c['a']} | {c['b']} | {', '.join(c['differs'])} | {d.difference:+.3f} | "
                      f"{d.low:+.3f} to {d.high:+.3f} | {d.verdict(c['a'], c['b'])} |")
+    if hidden:
+        lines += ["", f"{hidden} more pairs that differ in one setting are not distinguishable with these "
+                  "seeds and are not listed."]
+    return lines
+
+
+TOLERANCE_POINTS = 0.5
+
+
+def tolerance_lines(summary: dict, key: str) -> list[str]:
+    """For a study that varies one numeric setting: per series (the other varying settings, e.g.
+    the norm), its best value and the range of the setting whose mean final accuracy is within
+    TOLERANCE_POINTS of that best; diverged runs counted. This is the LR range a norm survives."""
+    _, categorical = varying_settings(summary)
+    series = defaultdict(lambda: defaultdict(list))
+    diverged = defaultdict(lambda: defaultdict(int))
+    for e in summary["experiments"]:
+        s = series_label(e, categorical)
+        if e["status"] == "done":
+            series[s][e.get(key)].append(e["final_test_accuracy"])
+        elif e["status"] == "diverged":
+            diverged[s][e.get(key)] += 1
+    if not series or max(len(v) for v in series.values()) < 2:
+        return []
+    lines = ["", f"## Range of {key} within {TOLERANCE_POINTS} points of each one's best", "",
+             f"Mean final test accuracy over seeds at each {key}; the range holds every value whose mean is "
+             f"within {TOLERANCE_POINTS} points of that row's best (a gap inside it is named). Diverged runs "
+             "are not in the means.", "",
+             f"| series | best {key} | best mean accuracy | {key} range within {TOLERANCE_POINTS} | "
+             f"values in range | diverged runs (at {key}) |", "|---|---:|---:|---|---:|---|"]
+    for s in sorted(set(series) | set(diverged)):
+        means = {x: statistics.fmean(v) for x, v in series[s].items()}
+        lost = ", ".join(f"{n} at {x:g}" for x, n in sorted(diverged[s].items())) or "none"
+        if not means:
+            lines.append(f"| {s} | – | – | – | 0 | {lost} |")
+            continue
+        best = max(means, key=means.get)
+        good = sorted(x for x, m in means.items() if m >= means[best] - TOLERANCE_POINTS)
+        every = sorted(set(means) | set(diverged[s]))
+        inside = [x for x in every if good[0] <= x <= good[-1]]
+        gap = [x for x in inside if x not in good]
+        span = f"{good[0]:g} to {good[-1]:g}" if len(good) > 1 else f"{good[0]:g} only"
+        if gap:
+            span += " (not " + ", ".join(f"{x:g}" for x in gap) + ")"
+        lines.append(f"| {s} | {best:g} | {means[best]:.2f} | {span} | {len(good)} of {len(every)} | {lost} |")
     return lines
 
 
@@ -210,6 +265,8 @@ def generate_report(study_dir: Path, notify: Callable[[str], None] | None = None
     elif len(numeric) == 2:
         y, x = numeric
         figures[f"{y}_{x}"] = plot_heatmaps(shown, x, y, study_dir / f"{y}_{x}_heatmap.png")
+    for statistic in FIGURES:
+        figures[statistic] = plot_dynamics(study_dir, shown, statistic, study_dir / f"{statistic}.png")
     figures = {k: v for k, v in figures.items() if v is not None}
     grids = {}
     for e in shown["experiments"]:
@@ -273,6 +330,9 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
         else:
             lines.append(f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | 0 | – | – | – | – | – | – | – | – "
                          f"| {', '.join(r['statuses'])} |")
+    numeric, _ = varying_settings(summary)
+    if len(numeric) == 1:
+        lines += tolerance_lines(summary, numeric[0])
     lines += comparison_lines(summary)
     problems = [e for e in summary["experiments"] if e["status"] not in ("done",)]
     if problems:

@@ -26,6 +26,7 @@ METRICS = "metrics.csv"
 CHECKPOINT = "model.pt"
 STATUS = "status.json"
 MISCLASSIFIED = "misclassified.json"
+DYNAMICS = "dynamics.csv"  # per-layer training dynamics (normlab.dynamics), long format
 STUDY = "study.json"
 SUMMARY = "summary.json"
 REPORT = "report.md"
@@ -138,6 +139,51 @@ def read_metrics(path: Path) -> list[dict]:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, render_metrics(rows))
+
+
+DYNAMICS_COLUMNS = ["epoch", "step", "layer", "statistic", "value"]
+
+
+def render_dynamics(rows: list[dict]) -> str:
+    """dynamics.csv's exact text: one row per (epoch, step, layer, statistic)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=DYNAMICS_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def parse_dynamics(text: str) -> list[dict]:
+    """Rows of dynamics.csv; ValueError for a header or row that is not a complete row."""
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames != DYNAMICS_COLUMNS:
+        raise ValueError("its header is not " + ",".join(DYNAMICS_COLUMNS))
+    rows = []
+    for line, r in enumerate(reader, start=2):
+        try:
+            rows.append({"epoch": int(r["epoch"]), "step": int(r["step"]), "layer": r["layer"],
+                         "statistic": r["statistic"], "value": float(r["value"])})
+        except (TypeError, ValueError):
+            raise ValueError(f"row {line} is incomplete or not numbers where numbers belong") from None
+    return rows
+
+
+def read_dynamics(path: Path) -> list[dict]:
+    """The rows of a dynamics.csv ([] when there is none); DamagedError naming the file if it is unusable."""
+    text = read_text(path)
+    if text.problem in ("missing", "empty"):
+        return []
+    try:
+        if not text.ok:
+            raise ValueError(text.problem)
+        return parse_dynamics(text.value)
+    except ValueError as e:
+        raise DamagedError(f"{path} is damaged ({e}); run `normlab report` on its study to rebuild it "
+                           "from the checkpoint.") from None
+
+
+def write_dynamics(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, render_dynamics(rows))
 
 
 def finite(value: Any) -> bool:

@@ -38,7 +38,10 @@ from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_vie
 from .results import DAMAGED
 from .studies import Study
 from .summary import load_study_meta, machine_description, save_study_meta, write_summary
+from .tensorboard import TensorBoardExport
 from .train import Experiment
+
+AfterEpoch = Callable[[str, int], None]  # (experiment directory name, epoch that landed)
 
 
 @dataclass
@@ -140,13 +143,14 @@ def _raise_terminate(signum, frame):
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
               device: str = "cpu", executor: str = "local", address: str | None = None,
               quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
-              notify: Callable[[str], None] = notice) -> StudyOutcome:
+              notify: Callable[[str], None] = notice, tensorboard: bool = False) -> StudyOutcome:
     """Run every unfinished experiment of `study` into `out`, then write summary.json.
 
     Before training, every experiment directory is cross-checked against its checkpoint and its
     views are rebuilt where needed (each repair passed to `notify`); damaged experiments are left
     as they are and reported, the others run. Progress: tqdm bars on a terminal and one line per
-    epoch; with quiet=True neither, each epoch's line passed to `on_epoch` if given.
+    epoch; with quiet=True neither, each epoch's line passed to `on_epoch` if given. With
+    `tensorboard`, each landed epoch is also written as TensorBoard events (`normlab.tensorboard`).
     """
     out = Path(out)
     with directory_lock(out):
@@ -171,13 +175,15 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         previous = signal.signal(signal.SIGTERM, _raise_terminate)
         interrupted = False
         results: list[dict] = []
+        export = TensorBoardExport(out) if tensorboard else None
+        after_epoch = export.epoch if export else None
         try:
             if executor == "ray":
                 from .ray_executor import run_with_ray
                 results = run_with_ray(study, out, todo, device=device, address=address, quiet=quiet,
-                                       on_epoch=on_epoch)
+                                       on_epoch=on_epoch, after_epoch=after_epoch)
             else:
-                with LocalExecutor(workers, device, quiet, on_epoch) as local:
+                with LocalExecutor(workers, device, quiet, on_epoch, after_epoch) as local:
                     for seed, round_todo in seed_rounds(study, todo, local.workers):
                         round_start = time.perf_counter()
                         label = study.name if seed is None else f"{study.name} seed {seed}"
@@ -190,6 +196,8 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
             interrupted = True
         finally:  # whatever happened, the time spent and every finished epoch reach summary.json
             signal.signal(signal.SIGTERM, previous)
+            if export:
+                export.close()
             _record_wall(meta, start)
             meta.update(machine=machine_description(device), workers=workers)
             save_study_meta(out, meta)
@@ -277,9 +285,9 @@ class LocalExecutor:
     """Epoch tasks over a pool of one-thread worker processes, kept across seed rounds."""
 
     def __init__(self, workers: int | None, device: str, quiet: bool,
-                 on_epoch: Callable[[str], None] | None = None):
+                 on_epoch: Callable[[str], None] | None = None, after_epoch: AfterEpoch | None = None):
         self.workers = max(1, workers or available_cores())
-        self.device, self.quiet, self.on_epoch = device, quiet, on_epoch
+        self.device, self.quiet, self.on_epoch, self.after_epoch = device, quiet, on_epoch, after_epoch
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -290,13 +298,13 @@ class LocalExecutor:
 
     def run(self, todo: dict, out: Path, label: str) -> list[dict]:
         if min(self.workers, len(todo)) == 1:
-            return _run_in_process(todo, out, self.device, self.quiet, self.on_epoch)
+            return _run_in_process(todo, out, self.device, self.quiet, self.on_epoch, self.after_epoch)
         return _run_pool(_worker_pool(self.workers), min(self.workers, len(todo)), todo, out, label,
-                         self.device, self.quiet, self.on_epoch)
+                         self.device, self.quiet, self.on_epoch, self.after_epoch)
 
 
 def take_epoch_result(r: dict, name: str, todo: dict, bar: tqdm, quiet: bool,
-                      on_epoch: Callable[[str], None] | None) -> bool:
+                      on_epoch: Callable[[str], None] | None, after_epoch: AfterEpoch | None = None) -> bool:
     """Show one epoch task's result and advance `todo`; True when the experiment has finished.
 
     Shared by the local pool, the in-process loop and Ray, so all report epochs, failures and
@@ -307,6 +315,8 @@ def take_epoch_result(r: dict, name: str, todo: dict, bar: tqdm, quiet: bool,
         bar.update(1)
         _echo(quiet, on_epoch, epoch_line(name, r["metrics"], cfg.epochs))
         todo[name] = (cfg, r["epoch"])
+    if after_epoch and ("metrics" in r or r["status"] == "diverged"):
+        after_epoch(name, r["epoch"])
     if r["status"] == "running":
         return False
     if r["status"] != "done":
@@ -329,7 +339,7 @@ def _epoch_bar(todo: dict, label: str, quiet: bool) -> tqdm:
 
 
 def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str, quiet: bool,
-              on_epoch: Callable[[str], None] | None = None) -> list[dict]:
+              on_epoch: Callable[[str], None] | None = None, after_epoch: AfterEpoch | None = None) -> list[dict]:
     """Hand out epochs of `todo`, least advanced experiment first, `workers` at a time."""
     bar = _epoch_bar(todo, f"{label} ({workers} workers)", quiet)
     results: list[dict] = []
@@ -357,7 +367,7 @@ def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str
                 continue
             name = r["dir"]
             in_flight.discard(name)
-            if take_epoch_result(r, name, todo, bar, quiet, on_epoch):
+            if take_epoch_result(r, name, todo, bar, quiet, on_epoch, after_epoch):
                 del todo[name]
                 results.append(r)
             while len(in_flight) < workers and submit_next():
@@ -368,7 +378,8 @@ def _run_pool(pool, workers: int, todo: dict, out: Path, label: str, device: str
 
 
 def _run_in_process(todo: dict, out: Path, device: str, quiet: bool,
-                    on_epoch: Callable[[str], None] | None = None) -> list[dict]:
+                    on_epoch: Callable[[str], None] | None = None, after_epoch: AfterEpoch | None = None
+                    ) -> list[dict]:
     """The pool's schedule in this process: one epoch at a time, least advanced experiment first,
     so an interrupted study leaves its experiments equally far along; one torch thread, as in the
     pool, so a study's numbers are the same whatever --workers is."""
@@ -380,7 +391,7 @@ def _run_in_process(todo: dict, out: Path, device: str, quiet: bool,
         while (name := _next_experiment(todo, set())) is not None:
             cfg, _ = todo[name]
             r = _safe_task(cfg.to_dict(), str(out / name), device)
-            if take_epoch_result(r, name, todo, bar, quiet, on_epoch):
+            if take_epoch_result(r, name, todo, bar, quiet, on_epoch, after_epoch):
                 del todo[name]
                 results.append(r)
     finally:

@@ -26,7 +26,7 @@ from normlab.train import Experiment
 ARGS = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32", "--quiet"]
 EXPERIMENTS = ("bn-l1-seed1", "gn-seed1", "ln-seed1")
 DAMAGED_EXP = "bn-l1-seed1"
-EXPERIMENT_FILES = ("config.json", "metrics.csv", "model.pt", "status.json", "misclassified.json")
+EXPERIMENT_FILES = ("config.json", "metrics.csv", "dynamics.csv", "model.pt", "status.json", "misclassified.json")
 STUDY_FILES = ("study.json", "summary.json")
 DAMAGES = ("missing", "empty", "truncated", "garbage")
 MODES = {
@@ -51,7 +51,7 @@ def one_thread():
 def no_drawing(monkeypatch):
     """The matrix is about files and recovery; drawing is tested in test_plots."""
     for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified", "plot_heatmaps",
-                 "plot_comparison", "plot_setting"):
+                 "plot_comparison", "plot_setting", "plot_dynamics"):
         monkeypatch.setattr(report_module, name, lambda *a, **k: None)
 
 
@@ -60,7 +60,7 @@ def pristine(tmp_path_factory) -> dict[str, Path]:
     """A finished study, and the same study interrupted (Ctrl-C) after every experiment's first epoch."""
     root = tmp_path_factory.mktemp("pristine")
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified"):
+        for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified", "plot_dynamics"):
             mp.setattr(report_module, name, lambda *a, **k: None)
         assert main(["run", *ARGS, "--workers", "1", "--out", str(root / "finished")]) == 0
         real_run_epoch = Experiment.run_epoch
@@ -99,6 +99,8 @@ def experiment_record(exp_dir: Path) -> dict:
         "history": science(ckpt["history"]),
         "epoch": ckpt["epoch"],
         "weights": {k: v.tolist() for k, v in ckpt["model"].items()},
+        "dynamics": ckpt["dynamics"],
+        "dynamics_view": (exp_dir / "dynamics.csv").read_text(),
     }
     if (exp_dir / "misclassified.json").exists():
         record["misclassified"] = json.loads((exp_dir / "misclassified.json").read_text())

@@ -90,9 +90,9 @@ def test_each_experiment_of_a_study_starts_from_its_own_fresh_init(tmp_path):
             assert torch.equal(p, q), name
         # and training really moved the weights away from that init
         trained = load_checkpoint(tmp_path / cfg.dirname / "model.pt")["model"]
-        assert not torch.equal(trained["features.0.0.weight"], reference.state_dict()["features.0.0.weight"])
+        assert not torch.equal(trained["features.0.conv.weight"], reference.state_dict()["features.0.conv.weight"])
     # the three experiments are three different trained models
-    w = [load_checkpoint(tmp_path / c.dirname / "model.pt")["model"]["features.1.0.weight"]
+    w = [load_checkpoint(tmp_path / c.dirname / "model.pt")["model"]["features.1.conv.weight"]
          for c in study.experiments]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
 

@@ -1,0 +1,103 @@
+"""The norm zoo: every normalization normlab can put in its network, one registry entry each.
+
+Shaped like timm's `create_norm_layer` / `create_norm_act_layer`: an entry names a builder
+`(num_channels, groups) -> nn.Module` and the slot it fills in a block of the network:
+
+- "norm":     Conv -> ReLU -> Norm -> Dropout   (the exercise's order)
+- "norm_act": Conv -> NormAct -> Dropout        the layer carries its own activation (FRN + TLU,
+                                                EvoNorm-S0), so the block has no ReLU
+- "conv":     WSConv -> ReLU -> Norm -> Dropout the conv itself changes (weight standardization)
+
+The layers from the literature are timm's own classes (timm is a dependency), so normlab
+measures the code people use; `normlab.norms` writes each one out from its definition and the
+tests hold the two equal. CLI choices, validation, `normlab explain` and plot colours all read
+this registry: adding a norm is adding an entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from timm.layers import EvoNorm2dS0, FilterResponseNormTlu2d, LayerNorm2d, StdConv2d
+from torch import nn
+
+NORM, NORM_ACT, CONV = "norm", "norm_act", "conv"
+
+
+def _conv(cin: int, cout: int, kernel: int) -> nn.Module:
+    return nn.Conv2d(cin, cout, kernel, bias=False)
+
+
+def _std_conv(cin: int, cout: int, kernel: int) -> nn.Module:
+    # padding=0 keeps the exercise's "valid" convolutions (timm pads 'same' by default)
+    return StdConv2d(cin, cout, kernel, padding=0, bias=False)
+
+
+@dataclass(frozen=True)
+class NormEntry:
+    """One norm of the zoo: how to build it, where it goes, and how to show it."""
+
+    name: str
+    slot: str  # NORM, NORM_ACT or CONV (see the module docstring)
+    build: Callable[[int, int], nn.Module]  # (num_channels, groups) -> the norm (or norm + activation)
+    description: str
+    colour: str  # one colour per norm in every figure
+    source: str  # where the implementation comes from
+    uses_groups: bool = False  # reads the `groups` setting
+    batch_independent: bool = True  # a sample's output does not depend on the rest of its batch
+    conv: Callable[[int, int, int], nn.Module] = _conv  # (in, out, kernel) -> the block's conv
+
+    @property
+    def has_relu(self) -> bool:
+        return self.slot != NORM_ACT
+
+
+def _entries(*entries: NormEntry) -> dict[str, NormEntry]:
+    return {e.name: e for e in entries}
+
+
+NORMS: dict[str, NormEntry] = _entries(
+    NormEntry("bn", NORM, lambda c, g: nn.BatchNorm2d(c),
+              "BatchNorm2d: per channel over (N, H, W); running statistics in eval",
+              "tab:blue", "torch.nn.BatchNorm2d", batch_independent=False),
+    NormEntry("gn", NORM, lambda c, g: nn.GroupNorm(g, c),
+              "GroupNorm: per sample over each group of channels and (H, W)",
+              "tab:orange", "torch.nn.GroupNorm", uses_groups=True),
+    NormEntry("ln", NORM, lambda c, g: nn.GroupNorm(1, c),
+              "LayerNorm as GroupNorm(1, C): per sample over (C, H, W)",
+              "tab:green", "torch.nn.GroupNorm(1, C)"),
+    NormEntry("in", NORM, lambda c, g: nn.GroupNorm(c, c),
+              "InstanceNorm as GroupNorm(C, C): per sample per channel over (H, W)",
+              "tab:purple", "torch.nn.GroupNorm(C, C)"),
+    NormEntry("none", NORM, lambda c, g: nn.Identity(),
+              "no normalization", "black", "torch.nn.Identity"),
+    NormEntry("ws-gn", CONV, lambda c, g: nn.GroupNorm(g, c),
+              "weight-standardized conv + GroupNorm (Qiao et al. 2019)",
+              "tab:red", "timm.layers.StdConv2d + torch.nn.GroupNorm", uses_groups=True, conv=_std_conv),
+    NormEntry("frn", NORM_ACT, lambda c, g: FilterResponseNormTlu2d(c),
+              "Filter Response Norm + TLU: per sample per channel, x / rms over (H, W), then max(., tau) "
+              "(Singh & Krishnan 2019)", "tab:brown", "timm.layers.FilterResponseNormTlu2d"),
+    NormEntry("evonorm-s0", NORM_ACT, lambda c, g: EvoNorm2dS0(c, groups=g),
+              "EvoNorm-S0: x * sigmoid(v x) / group std over (C/G, H, W) (Liu et al. 2020)",
+              "tab:pink", "timm.layers.EvoNorm2dS0", uses_groups=True),
+    NormEntry("ln2d", NORM, lambda c, g: LayerNorm2d(c),
+              "LayerNorm2d: per sample per pixel over C (as in ConvNeXt)",
+              "tab:cyan", "timm.layers.LayerNorm2d"),
+)
+
+
+def get_norm(name: str) -> NormEntry:
+    """The registry entry of `name` (already normalized by `model.check_norm`)."""
+    return NORMS[name]
+
+
+def create_norm_layer(name: str, num_channels: int, groups: int = 4) -> nn.Module:
+    """The norm (or norm + activation) layer `name` for `num_channels` channels, as timm's helper."""
+    return NORMS[name].build(num_channels, groups)
+
+
+def colour(name: str) -> str:
+    """The plot colour of norm `name`; gray for a name the registry does not know."""
+    entry = NORMS.get(name)
+    return entry.colour if entry else "gray"
