@@ -66,6 +66,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address for --executor ray (default: start a local Ray)")
     p.add_argument("--dry-run", action="store_true",
                    help="make every check a real run makes, list each experiment as new, resumable or done; train nothing")
+    p.add_argument("--grouped", default="auto", choices=("auto", "on", "off"),
+                   help="train experiments that share a step (differing only in seed, lr, momentum, l1, l2) as "
+                        "one vmapped model in this process; auto: on CUDA only (default: auto)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write each epoch's metrics, dynamics and layer histograms as TensorBoard events "
                         "under <out>/tensorboard (needs: pip install 'normlab[tensorboard]')")
@@ -209,7 +212,7 @@ def _execute(study, args, out: Path) -> int:
         return _dry_run(study, args, out)
     outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
                         executor=args.executor, address=args.address, quiet=args.quiet,
-                        tensorboard=args.tensorboard)
+                        tensorboard=args.tensorboard, grouped=args.grouped)
     summary = generate_report(out, notify=notice)
     print(final_table(summary))
     print(f"results: {out}")

@@ -93,8 +93,14 @@ class DynamicsRecorder:
             for name, block in self.blocks:
                 before = self._before.pop(name)
                 self._stats[name, "update_ratio"] = (block.conv.weight.detach() - before).norm() / before.norm()
-        keys = [(layer, stat) for layer, _ in self.blocks for stat in STATISTICS if (layer, stat) in self._stats]
-        values = torch.stack([self._stats[k].float().cpu() for k in keys]).tolist()
+        rows = step_rows(epoch, step, [layer for layer, _ in self.blocks], self._stats)
         self._stats.clear()
-        return [{"epoch": epoch, "step": step, "layer": layer, "statistic": stat, "value": _value(v)}
-                for (layer, stat), v in zip(keys, values)]
+        return rows
+
+
+def step_rows(epoch: int, step: int, layers: list[str], stats: dict[tuple[str, str], torch.Tensor]) -> list[dict]:
+    """One step's rows from {(layer, statistic): scalar tensor}, layers in order, STATISTICS order within."""
+    keys = [(layer, stat) for layer in layers for stat in STATISTICS if (layer, stat) in stats]
+    values = torch.stack([stats[k].float().cpu() for k in keys]).tolist()
+    return [{"epoch": epoch, "step": step, "layer": layer, "statistic": stat, "value": _value(v)}
+            for (layer, stat), v in zip(keys, values)]

@@ -8,9 +8,11 @@ stable, so the README can embed it verbatim (a test keeps the two identical).
 from __future__ import annotations
 
 import torch
+from timm.layers import StdConv2d
 from torch import nn
 
 from . import norms
+from .zoo import NORM_ACT, NORMS, create_norm_layer
 
 X = torch.tensor([
     [[[1, 2], [3, 4]], [[0, 2], [4, 6]], [[5, 5], [5, 9]], [[2, 0], [1, 1]]],
@@ -97,4 +99,41 @@ def explain_text() -> str:
                         _affine(nn.GroupNorm(GN_GROUPS, c, eps=EPS).double())(X)))
     lines += ["", "Parameters per layer: gamma and beta, one each per channel (2 x C = 8 here) for all three;",
               "BN also keeps running mean/var buffers (not learned). GN and LN behave the same in train and eval."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + zoo_lines()) + "\n"
+
+
+def zoo_lines() -> list[str]:
+    """Every norm of the registry: its block, parameters in Net, batch coupling; the literature
+    norms checked against their written-out definitions (normlab.norms) on x."""
+    from .model import Net, count_parameters
+
+    lines = ["", "== The norm zoo (normlab/zoo.py): every --norm ==",
+             f"  {'name':<11} {'block':<34} {'Net params':>10}  {'batch-independent':<17}  implementation"]
+    for name, e in NORMS.items():
+        conv = "WSConv" if e.slot == "conv" else "Conv"
+        block = f"{conv} -> {'NormAct' if e.slot == NORM_ACT else 'ReLU -> Norm'} -> Dropout"
+        lines.append(f"  {name:<11} {block:<34} {count_parameters(Net(name)):>10,}  "
+                     f"{'yes' if e.batch_independent else 'no':<17}  {e.source}")
+    c = X.shape[1]
+    ones, zeros = torch.ones(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    with torch.no_grad():
+        ln2d = _affine(create_norm_layer("ln2d", c).double())
+        frn = _affine(create_norm_layer("frn", c).double())
+        evo = _affine(create_norm_layer("evonorm-s0", c, groups=GN_GROUPS).double())
+
+        std_conv = StdConv2d(c, 2, 2, padding=0, bias=False).double()
+        std_conv.weight.copy_(torch.arange(32, dtype=torch.float64).reshape(2, c, 2, 2).sin())
+        checks = [
+            ("ln2d", ln2d(X), norms.layer_norm_2d(X, GAMMA, BETA, eps=ln2d.eps).output, TOLERANCE),
+            ("frn", frn(X), norms.filter_response_norm(X, GAMMA, BETA, zeros, eps=frn.eps).output, 1e-6),
+            ("evonorm-s0", evo(X), norms.evonorm_s0(X, GN_GROUPS, GAMMA, BETA, ones, eps=evo.eps).output, 1e-6),
+            ("ws-gn's conv", std_conv(X),
+             torch.nn.functional.conv2d(X, norms.standardize_weight(std_conv.weight, std_conv.eps)), TOLERANCE),
+        ]
+    lines += ["On x above, with the same gamma and beta (tau = 0, v = 1), each layer from the literature against",
+              "its definition written out in normlab/norms.py (timm computes FRN's and EvoNorm's statistics in",
+              "float32, hence their tolerance):"]
+    for name, theirs, ours, tol in checks:
+        ok = torch.allclose(ours, theirs, rtol=0, atol=tol)
+        lines.append(f"  {name:<13} equals its definition: {'yes' if ok else 'NO'} (max |difference| < {tol:g})")
+    return lines

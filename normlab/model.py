@@ -105,11 +105,15 @@ class Dropout(nn.Dropout):
     One 64-bit random word gives four 16-bit draws; of each we keep 15 bits (the top draw of a
     word has only 15 random bits), and an element is dropped when they fall below
     round(p * 32768). So p is quantized to 1/32768 (0.05 -> 0.049988); kept elements are scaled
-    by 1/(1-p) as in nn.Dropout, and eval mode is the identity. On CUDA, nn.Dropout's own path.
+    by 1/(1-p) as in nn.Dropout, and eval mode is the identity. On CUDA, nn.Dropout's own path;
+    also under torch.func.vmap (`vmapped`, set by normlab.grouped), whose per-model randomness
+    needs the batched `bernoulli_` of nn.Dropout.
     """
 
+    vmapped = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.is_cuda:
+        if not self.training or self.p == 0 or x.is_cuda or self.vmapped:
             return super().forward(x)
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
@@ -162,6 +166,8 @@ def build_layers(entry: NormEntry, groups: int, dropout: float) -> list[nn.Modul
 class Net(nn.Module):
     """The original exercise's CNN (7,704 parameters with bn/gn/ln; every zoo norm's count is in the README). Input: float images in [0, 1], (N, 1, 28, 28)."""
 
+    check_range = True  # eval-mode inputs checked to lie in [0, 1] (off inside torch.func.vmap)
+
     def __init__(self, norm: str = "bn", groups: int = 4, dropout: float = 0.05,
                  mean: float = 0.1307, std: float = 0.3081):
         super().__init__()
@@ -195,7 +201,7 @@ class Net(nn.Module):
             x = x.unsqueeze(1)
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(f"Net takes images of shape (N, 1, 28, 28) or (N, 28, 28), got {tuple(x.shape)}.")
-        if not self.training and x.numel() and not _capturing(x):
+        if not self.training and self.check_range and x.numel() and not _capturing(x):
             _check_unit_range(x)
         return x
 

@@ -143,7 +143,8 @@ def _raise_terminate(signum, frame):
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
               device: str = "cpu", executor: str = "local", address: str | None = None,
               quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
-              notify: Callable[[str], None] = notice, tensorboard: bool = False) -> StudyOutcome:
+              notify: Callable[[str], None] = notice, tensorboard: bool = False,
+              grouped: str = "auto") -> StudyOutcome:
     """Run every unfinished experiment of `study` into `out`, then write summary.json.
 
     Before training, every experiment directory is cross-checked against its checkpoint and its
@@ -151,7 +152,14 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     as they are and reported, the others run. Progress: tqdm bars on a terminal and one line per
     epoch; with quiet=True neither, each epoch's line passed to `on_epoch` if given. With
     `tensorboard`, each landed epoch is also written as TensorBoard events (`normlab.tensorboard`).
+    `grouped` ("auto": on CUDA only, "on", "off") trains step-sharing experiments as one vmapped
+    model in this process (`normlab.grouped`).
     """
+    use_grouped = grouped == "on" or (grouped == "auto" and str(device).startswith("cuda"))
+    if use_grouped and executor == "ray" and grouped == "on":
+        raise NormlabError("--grouped on trains in this process and cannot be combined with --executor ray; "
+                           "drop one of them.")
+    use_grouped = use_grouped and executor != "ray"
     out = Path(out)
     with directory_lock(out):
         states = plan_study(study, out, resume)
@@ -182,6 +190,9 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                 from .ray_executor import run_with_ray
                 results = run_with_ray(study, out, todo, device=device, address=address, quiet=quiet,
                                        on_epoch=on_epoch, after_epoch=after_epoch)
+            elif use_grouped:
+                from .grouped import run_grouped
+                results = run_grouped(todo, out, device, quiet, on_epoch, after_epoch)
             else:
                 with LocalExecutor(workers, device, quiet, on_epoch, after_epoch) as local:
                     for seed, round_todo in seed_rounds(study, todo, local.workers):

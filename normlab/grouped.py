@@ -1,0 +1,339 @@
+"""Many experiments trained as one vmapped model: the grouped executor.
+
+Experiments that can share a step — the same network, data, augmentation, batch size and number
+of epochs; they may differ in seed, LR, momentum, L1 and L2 — train one epoch together as one
+model whose parameters are stacked along a new first axis (`torch.func.stack_module_state`) and
+run with `torch.func.vmap` over `functional_call`: one kernel launch per layer for the whole group
+instead of one per experiment, which is what a launch-bound GPU needs.
+
+Each member stays an ordinary `Experiment`: its own seed's fresh init, batch order and
+augmentation (its own generators, as in a separate run), its own optimizer and one-cycle schedule
+(stepped every step; their LR and momentum drive the stacked update, torch.optim.SGD's formula),
+its own dynamics rows and its own files, written by `Experiment.save` — so resume, reports and
+divergence see nothing different. Dropout masks are drawn by vmap for each member
+(randomness="different"), so with dropout on a member's masks differ from its separate run's;
+with dropout 0 a member follows its separate run to float rounding (tests). A member that
+diverges is recorded as diverged (its last good epoch kept) and leaves the group; the rest go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from .config import ExperimentConfig
+from .dynamics import recorded_steps, step_rows
+from .errors import DivergedError
+from .model import Block, Dropout
+from .train import EVAL_BATCH, EpochMetrics, Experiment, epoch_seed
+
+FREE = ("name", "seed", "lr", "momentum", "l1", "l2")  # what members of one group may differ in
+
+
+def group_key(cfg: ExperimentConfig) -> tuple:
+    """Experiments with equal keys can train as one vmapped model."""
+    return tuple((k, v) for k, v in cfg.to_dict().items() if k not in FREE)
+
+
+def make_groups(todo: dict) -> list[list[str]]:
+    """Names of `todo` (name -> (config, epochs on disk)) grouped by step-sharing key and progress."""
+    groups: dict[tuple, list[str]] = {}
+    for name, (cfg, done) in todo.items():
+        groups.setdefault((group_key(cfg), done), []).append(name)
+    return list(groups.values())
+
+
+class _Stats:
+    """Forward hooks on the template's norms and ReLUs that collect activation statistics
+    inside the vmapped call; the call returns them stacked, one row per member."""
+
+    def __init__(self, template: torch.nn.Module):
+        self.layers = [name for name, _ in template.blocks()]
+        self.keys: list[tuple[str, str]] = []
+        self.values: list[torch.Tensor] = []
+        self.active = False
+        for name, block in template.blocks():
+            block.norm.register_forward_hook(self._norm(name))
+            if isinstance(block.act, torch.nn.ReLU):
+                block.act.register_forward_hook(self._relu(name))
+
+    def _norm(self, layer: str):
+        def hook(module, inputs, output):
+            if self.active:
+                for side, t in (("input", inputs[0]), ("output", output)):
+                    std, mean = torch.std_mean(t.detach().float(), correction=0)
+                    self._add(layer, f"{side}_mean", mean)
+                    self._add(layer, f"{side}_std", std)
+        return hook
+
+    def _relu(self, layer: str):
+        def hook(module, inputs, output):
+            if self.active:
+                self._add(layer, "relu_zero_fraction", (output.detach() == 0).float().mean())
+        return hook
+
+    def _add(self, layer: str, stat: str, value: torch.Tensor) -> None:
+        self.keys.append((layer, stat))
+        self.values.append(value)
+
+    def take(self) -> torch.Tensor:
+        out = torch.stack(self.values) if self.values else torch.zeros(0)
+        self.values = []
+        return out
+
+
+class GroupedEpoch:
+    """One epoch of several Experiments at the same epoch, as one vmapped model."""
+
+    def __init__(self, members: list[Experiment]):
+        if len({group_key(m.cfg) for m in members}) != 1 or len({m.epoch for m in members}) != 1:
+            raise ValueError("members of a group must share every setting but seed, lr, momentum, l1 and l2, "
+                             "and be at the same epoch.")
+        self.members = list(members)
+        self.device = members[0].device
+        self.template = copy.deepcopy(members[0].model).to("meta")
+        self.template.check_range = False  # a host-side check cannot run inside vmap; test data is in range
+        for m in self.template.modules():
+            if isinstance(m, Dropout):
+                m.vmapped = True
+        self.stats = _Stats(self.template)
+        params, self.buffers = stack_module_state([m.model for m in members])
+        self.names = list(params)
+        self.params = {n: p.detach().requires_grad_() for n, p in params.items()}
+        self.weights = {n for n in self.names if self.params[n].dim() >= 3}  # conv weights: L1/L2 apply
+        at = [i for i, module in enumerate(members[0].model.features) if isinstance(module, Block)]
+        self.blocks = {f"features.{i}.conv.weight": f"block{q + 1}" for q, i in enumerate(at)}  # as Net.blocks
+        self.momentum = self._stacked_momentum()
+
+    def _stacked_momentum(self) -> dict[str, torch.Tensor | None]:
+        out = {}
+        for n in self.names:
+            bufs = [m.optimizer.state.get(dict(m.model.named_parameters())[n], {}).get("momentum_buffer")
+                    for m in self.members]
+            out[n] = torch.stack(bufs).clone() if all(b is not None for b in bufs) else None
+        return out
+
+    def _column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+
+    def _forward(self, x: torch.Tensor, train: bool, record: bool = False, shared_input: bool = False):
+        self.template.train(train)
+        self.stats.active, self.stats.keys = record, []
+
+        def one(p, b, xx):
+            out = functional_call(self.template, (p, b), (xx,))
+            return out, self.stats.take()
+
+        fn = vmap(one, in_dims=(0, 0, None if shared_input else 0), randomness="different")
+        try:
+            with warnings.catch_warnings():  # adaptive_avg_pool2d has no batching rule: a note, not a fault
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                return fn(self.params, self.buffers, x)
+        finally:
+            self.stats.active = False
+
+    def drop(self, k: int) -> None:
+        """Remove member k from the group (it diverged)."""
+        keep = torch.tensor([i for i in range(len(self.members)) if i != k], device=self.device)
+        self.params = {n: p.detach().index_select(0, keep).requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b.index_select(0, keep) for n, b in self.buffers.items()}
+        self.momentum = {n: (b.index_select(0, keep) if b is not None else None) for n, b in self.momentum.items()}
+        del self.members[k]
+
+    def write_back(self) -> None:
+        """Each member's model and momentum buffers from the stacked state."""
+        for k, m in enumerate(self.members):
+            name_of = {id(p): n for n, p in m.model.named_parameters()}
+            with torch.no_grad():
+                for group in m.optimizer.param_groups:  # the optimizer's own order, as its step would fill it
+                    for p in group["params"]:
+                        n = name_of[id(p)]
+                        p.copy_(self.params[n][k])
+                        if self.momentum[n] is not None:
+                            m.optimizer.state[p]["momentum_buffer"] = self.momentum[n][k].clone()
+                for n, b in m.model.named_buffers():
+                    b.copy_(self.buffers[n][k])
+
+    def run(self) -> dict[str, EpochMetrics | DivergedError]:
+        """Train and evaluate one epoch of every member and save each; name -> metrics or divergence."""
+        members = self.members
+        first = members[0]
+        epoch = first.epoch + 1
+        start = time.perf_counter()
+        gens, perms = [], []
+        for m in members:
+            gen = torch.Generator(device=self.device).manual_seed(epoch_seed(m.cfg.seed, epoch))
+            gens.append(gen)
+            perms.append(torch.randperm(len(m.data.train_y), generator=gen, device=self.device))
+        torch.manual_seed(epoch_seed(first.cfg.seed, epoch))  # the group's dropout masks
+        to_record = recorded_steps(epoch, len(first.slices)) if first.recorder else set()
+        k_all = len(members)
+        loss_sum = torch.zeros(k_all, device=self.device)
+        correct = torch.zeros(k_all, dtype=torch.long, device=self.device)
+        outcome: dict[str, EpochMetrics | DivergedError] = {}
+        seen = 0
+        for step, (i, j) in enumerate(first.slices):
+            batches = [m.batch(perm[i:j], gen) for m, perm, gen in zip(members, perms, gens)]
+            x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+            record = step + 1 in to_record
+            out, acts = self._forward(x, train=True, record=record)
+            loss = vmap(F.nll_loss)(out, y)
+            total = loss
+            l1 = [m.cfg.l1 for m in members]
+            if any(l1):
+                penalty = sum(self.params[n].abs().flatten(1).sum(1) for n in self.weights)
+                total = loss + torch.tensor(l1, device=self.device) * penalty
+            grads = torch.autograd.grad(total.sum(), [self.params[n] for n in self.names])
+            stats = self._gradient_stats(grads, acts) if record else None
+            self._sgd_step(dict(zip(self.names, grads)))
+            for m in members:
+                with warnings.catch_warnings():  # the members' optimizers never step themselves
+                    warnings.simplefilter("ignore", UserWarning)
+                    m.scheduler.step()
+            if record:
+                self._record(epoch, step + 1, stats)
+            loss_sum += loss.detach() * (j - i)
+            correct += (out.argmax(2) == y).sum(1)
+            seen += j - i
+            if step % 20 == 0 or step == len(first.slices) - 1:
+                for k, value in reversed(list(enumerate(total.detach().tolist()))):
+                    if not math.isfinite(value):
+                        outcome[members[k].cfg.dirname] = DivergedError(
+                            epoch, f"loss became {value} at epoch {epoch}, step {step + 1}")
+                        members[k].diverged(outcome[members[k].cfg.dirname])
+                        keep = [q for q in range(len(loss_sum)) if q != k]
+                        loss_sum, correct = loss_sum[keep], correct[keep]
+                        self.drop(k)
+                if not self.members:
+                    return outcome
+                members = self.members
+        train_seconds = time.perf_counter() - start
+        test_loss, test_accuracy = self._evaluate(first.data.test_x, first.data.test_y)
+        self.write_back()
+        for k, m in enumerate(members):
+            if not math.isfinite(test_loss[k]):
+                outcome[m.cfg.dirname] = DivergedError(epoch, f"test loss became {test_loss[k]} at epoch {epoch}")
+                m.diverged(outcome[m.cfg.dirname])
+                continue
+            metrics = EpochMetrics(
+                epoch=epoch, train_loss=round(loss_sum[k].item() / seen, 6),
+                train_accuracy=round(100.0 * correct[k].item() / seen, 4),
+                test_loss=round(test_loss[k], 6), test_accuracy=round(test_accuracy[k], 4),
+                lr=round(m.scheduler.get_last_lr()[0], 8), seconds=round(time.perf_counter() - start, 3),
+                images_per_second=seen / train_seconds)
+            m.epoch = epoch
+            m.history.append(metrics.row())
+            m.save()
+            outcome[m.cfg.dirname] = metrics
+        return outcome
+
+    @torch.no_grad()
+    def _sgd_step(self, grads: dict[str, torch.Tensor]) -> None:
+        """torch.optim.SGD's update (no dampening, no Nesterov) with each member's LR, momentum and
+        weight decay: g += wd * p; buf = g on the first step, else momentum * buf + g; p -= lr * buf."""
+        groups = [m.optimizer.param_groups for m in self.members]
+        for n in self.names:
+            p, g = self.params[n], grads[n]
+            group = 0 if n in self.weights else 1
+            wd = [gr[group]["weight_decay"] for gr in groups]
+            if any(wd):
+                g = g.add(p * self._column(wd, p))
+            if self.momentum[n] is None:
+                self.momentum[n] = g.clone()
+            else:
+                self.momentum[n].mul_(self._column([gr[group]["momentum"] for gr in groups], p)).add_(g)
+            p.sub_(self._column([gr[group]["lr"] for gr in groups], p) * self.momentum[n])
+
+    def _gradient_stats(self, grads, acts: torch.Tensor) -> dict:
+        grad = dict(zip(self.names, grads))
+        return {"acts": acts, "keys": list(self.stats.keys),
+                "grad": {layer: grad[n].flatten(1).norm(dim=1) for n, layer in self.blocks.items()},
+                "weight": {layer: self.params[n].detach().flatten(1).norm(dim=1) for n, layer in self.blocks.items()},
+                "before": {n: self.params[n].detach().clone() for n in self.blocks}}
+
+    def _record(self, epoch: int, step: int, s: dict) -> None:
+        for k, m in enumerate(self.members):
+            stats = {key: s["acts"][k, q] for q, key in enumerate(s["keys"])}
+            for n, layer in self.blocks.items():
+                stats[layer, "grad_norm"] = s["grad"][layer][k]
+                stats[layer, "weight_norm"] = s["weight"][layer][k]
+                before = s["before"][n][k]
+                stats[layer, "update_ratio"] = (self.params[n][k].detach() - before).norm() / before.norm()
+            m.dynamics += step_rows(epoch, step, self.stats.layers, stats)
+
+    @torch.no_grad()
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+        """(mean NLL, accuracy %) of every member on the test set, in eval mode."""
+        logp = torch.cat([self._forward(x[i:i + EVAL_BATCH], train=False, shared_input=True)[0]
+                          for i in range(0, len(x), EVAL_BATCH)], dim=1)
+        loss = vmap(lambda lp: F.nll_loss(lp, y, reduction="sum"))(logp) / len(y)
+        accuracy = 100.0 * (logp.argmax(2) == y).sum(1) / len(y)
+        return loss.tolist(), accuracy.tolist()
+
+
+def run_grouped(todo: dict, out, device: str, quiet: bool, on_epoch=None, after_epoch=None) -> list[dict]:
+    """The study's schedule with step-sharing experiments trained as groups, an epoch at a time,
+    in this process; each member's epoch is reported like a worker's (`take_epoch_result`)."""
+    from .errors import DamagedError, NormlabError
+    from .results import DAMAGED
+    from .runner import _epoch_bar, take_epoch_result
+
+    bar = _epoch_bar(todo, "grouped", quiet)
+    results: list[dict] = []
+
+    def report(name: str, r: dict) -> None:
+        if take_epoch_result(r, name, todo, bar, quiet, on_epoch, after_epoch):
+            del todo[name]
+            results.append(r)
+
+    try:
+        while todo:
+            for names in make_groups(todo):
+                members = []
+                for name in names:
+                    cfg, _ = todo[name]
+                    try:
+                        exp = Experiment(cfg, out / name, device=device, resume=True)
+                    except DamagedError as e:
+                        report(name, {"dir": name, "status": DAMAGED, "message": str(e)})
+                        continue
+                    except NormlabError as e:
+                        report(name, {"dir": name, "status": "failed", "message": str(e)})
+                        continue
+                    if exp.epoch >= cfg.epochs:  # every epoch on disk: only the misclassified pass is left
+                        exp.finish()
+                        report(name, {"dir": name, "status": "done", "epoch": exp.epoch})
+                    else:
+                        members.append(exp)
+                if members:
+                    _train_group(members, report)
+    finally:
+        bar.close()
+    return results
+
+
+def _train_group(members: list[Experiment], report) -> None:
+    import traceback
+
+    try:
+        outcome = GroupedEpoch(members).run()
+    except Exception as e:  # a bug: every member reports it, with its traceback, and the study goes on
+        for m in members:
+            report(m.cfg.dirname, {"dir": m.cfg.dirname, "status": "failed", "message": f"{type(e).__name__}: {e}",
+                                   "traceback": traceback.format_exc()})
+        return
+    for m in members:
+        name, result = m.cfg.dirname, outcome[m.cfg.dirname]
+        if isinstance(result, DivergedError):
+            report(name, {"dir": name, "status": "diverged", "message": str(result), "epoch": result.epoch})
+            continue
+        r = {"dir": name, "epoch": m.epoch, "metrics": result.__dict__}
+        if m.epoch >= m.cfg.epochs:
+            m.finish()
+        report(name, {**r, "status": "done" if m.epoch >= m.cfg.epochs else "running"})

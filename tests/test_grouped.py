@@ -1,0 +1,117 @@
+"""The grouped executor: several experiments as one vmapped model, each with today's files."""
+
+import json
+
+import pytest
+import torch
+
+from normlab.cli import main
+from normlab.config import ExperimentConfig
+from normlab.grouped import GroupedEpoch, group_key, make_groups
+from normlab.results import read_dynamics, read_metrics
+from normlab.train import Experiment
+
+SMALL = dict(norm="bn", epochs=2, train_limit=512, test_limit=256, batch_size=64, dropout=0.0)
+MEMBERS = [(1, 0.02, 0.0, 0.0), (2, 0.05, 1e-4, 0.0), (3, 0.1, 0.0, 1e-3)]  # seed, lr, l1, l2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_only_experiments_that_can_share_a_step_are_grouped():
+    a = ExperimentConfig(name="a", seed=1, lr=0.1, l1=1e-4)
+    b = ExperimentConfig(name="b", seed=2, lr=0.5, l2=1e-3, momentum=0.8)
+    assert group_key(a) == group_key(b)
+    todo = {"a": (a, 0), "b": (b, 0), "c": (ExperimentConfig(name="c", norm="gn"), 0),
+            "d": (ExperimentConfig(name="d", batch_size=64), 0), "e": (ExperimentConfig(name="e", seed=5), 1)}
+    assert sorted(map(sorted, make_groups(todo))) == [["a", "b"], ["c"], ["d"], ["e"]]
+
+
+def test_a_group_of_three_equals_three_separate_runs(tmp_path):
+    """In float64 the two paths agree to rounding (1e-10 in every weight after 2 epochs, the same
+    metrics and dynamics rows); in float32 they differ as much as two conv algorithms do, because
+    this network amplifies rounding at init (channels_last vs contiguous: ~1e-3 in log-probs)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfgs = [ExperimentConfig(name="m", seed=s, lr=lr, l1=l1, l2=l2, **SMALL) for s, lr, l1, l2 in MEMBERS]
+        separate = []
+        for cfg in cfgs:
+            exp = Experiment(cfg, tmp_path / "separate" / cfg.dirname)
+            for _ in range(cfg.epochs):
+                exp.run_epoch()
+            separate.append(exp)
+        for _ in range(2):  # each epoch from the files, as the executor does
+            GroupedEpoch([Experiment(c, tmp_path / "grouped" / c.dirname, resume=True) for c in cfgs]).run()
+        for cfg, alone in zip(cfgs, separate):
+            together = Experiment(cfg, tmp_path / "grouped" / cfg.dirname, resume=True)
+            assert together.epoch == 2
+            for (k, a), b in zip(alone.model.state_dict().items(), together.model.state_dict().values()):
+                torch.testing.assert_close(b, a, rtol=0, atol=1e-10, msg=k)
+            strip = [{k: v for k, v in r.items() if k != "seconds"} for r in alone.history]
+            assert [{k: v for k, v in r.items() if k != "seconds"} for r in together.history] == strip
+            assert together.dynamics == alone.dynamics
+            buffers = [s["momentum_buffer"] for s in together.optimizer.state_dict()["state"].values()]
+            expected = [s["momentum_buffer"] for s in alone.optimizer.state_dict()["state"].values()]
+            for a, b in zip(expected, buffers):
+                torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+            assert together.scheduler.state_dict()["last_epoch"] == alone.scheduler.state_dict()["last_epoch"]
+    finally:
+        torch.set_default_dtype(default)
+
+
+ARGS = ["--epochs", "2", "--train-limit", "256", "--test-limit", "128", "--batch-size", "64", "--quiet"]
+
+
+def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys):
+    out = tmp_path / "g"
+    cmd = ["run", "--norm", "gn", "--lr", "0.02", "0.05", "--seeds", "1", "2", *ARGS, "--grouped", "on"]
+    assert main([*cmd, "--out", str(out), "--epochs", "1"]) == 0
+    # the same study asked for 2 epochs is another config: resume the 1-epoch files under a 2-epoch study
+    for d in out.glob("gn-*"):
+        assert sorted(p.name for p in d.iterdir()) == ["config.json", "dynamics.csv", "metrics.csv",
+                                                       "misclassified.json", "misclassified.png", "model.pt",
+                                                       "status.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["status"] for e in summary["experiments"]] == ["done"] * 4
+    # an interrupted grouped study resumes where it stopped and ends as an uninterrupted one
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main([*cmd, "--out", str(full)]) == 0
+    real = GroupedEpoch.run
+
+    def stop_in_epoch_2(self):
+        if self.members[0].epoch >= 1:
+            raise KeyboardInterrupt
+        return real(self)
+
+    GroupedEpoch.run = stop_in_epoch_2
+    try:
+        assert main([*cmd, "--out", str(cut)]) == 130
+    finally:
+        GroupedEpoch.run = real
+    assert main([*cmd, "--out", str(cut), "--resume"]) == 0
+    for d in full.glob("gn-*"):
+        assert read_metrics(d / "metrics.csv")[-1]["test_loss"] == read_metrics(cut / d.name / "metrics.csv")[-1]["test_loss"]
+        assert read_dynamics(d / "dynamics.csv") == read_dynamics(cut / d.name / "dynamics.csv")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_diverged_member_is_recorded_and_the_others_finish(tmp_path, capsys):
+    out = tmp_path / "d"
+    code = main(["run", "--norm", "none", "--lr", "0.05", "1e6", *ARGS, "--grouped", "on", "--out", str(out)])
+    assert code == 3  # some diverged
+    summary = {e["name"]: e for e in json.loads((out / "summary.json").read_text())["experiments"]}
+    assert summary["none-lr1e06"]["status"] == "diverged"
+    assert summary["none-lr0.05"]["status"] == "done" and summary["none-lr0.05"]["epochs_run"] == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_grouped_on_with_ray_is_one_sentence(tmp_path, capsys):
+    code = main(["run", "--norm", "bn", *ARGS, "--grouped", "on", "--executor", "ray", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be combined with --executor ray" in err and "Traceback" not in err
