@@ -37,6 +37,19 @@ def normlab_step_throughput(seconds: float, threads: int = 1, device: str = "cpu
         return Experiment(cfg, Path(tmp) / "bench", device=device).throughput(seconds)
 
 
+def grouped_step_throughput(seconds: float, members: int, threads: int = 1, device: str = "cpu") -> float:
+    """Images/s (all members together) of `members` mission BN + L1 experiments trained as one
+    vmapped model (normlab.grouped), in this process."""
+    from .grouped import GroupedEpoch
+
+    torch.set_num_threads(threads)
+    mission_bn = build_study("mission").experiments[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        group = [Experiment(ExperimentConfig(name="bench", norm="bn", l1=mission_bn.l1, seed=s),
+                            Path(tmp) / f"bench-{s}", device=device) for s in range(1, members + 1)]
+        return GroupedEpoch(group).throughput(seconds)
+
+
 def _load_baseline():
     if not BASELINE.exists():
         raise NormlabError(f"the seed-style baseline {BASELINE} is missing; run bench from a normlab "
@@ -55,17 +68,30 @@ def _measure_normlab(seconds: float, processes: int, device: str) -> float:
         return sum(pool.starmap(normlab_step_throughput, [(seconds, 1, device)] * processes))
 
 
-def run_bench(seconds: float = 20.0, repeats: int = 3, as_json: bool = False, device: str = "cpu") -> int:
+def _measure_grouped(seconds: float, processes: int, device: str, members: int) -> float:
+    """The grouped step in the per-process layout: on CPU one group per core, summed."""
+    if device != "cpu" or processes == 1:
+        return grouped_step_throughput(seconds, members, 1 if device == "cpu" else torch.get_num_threads(), device)
+    with mp.get_context("spawn").Pool(processes) as pool:
+        return sum(pool.starmap(grouped_step_throughput, [(seconds, members, 1, device)] * processes))
+
+
+def run_bench(seconds: float = 20.0, repeats: int = 3, as_json: bool = False, device: str = "cpu",
+              grouped: int = 0) -> int:
+    """With `grouped` = K > 0, also K experiments as one vmapped model, interleaved with the rest."""
     device = str(resolve_device(device))
     baseline = _load_baseline()
     processes = os.cpu_count() or 1
-    base_runs, ours_runs = [], []
+    base_runs, ours_runs, grouped_runs = [], [], []
     for r in range(repeats):
         base_runs.append(baseline.measure(seconds))
         ours_runs.append(_measure_normlab(seconds, processes, device))
+        if grouped:
+            grouped_runs.append(_measure_grouped(seconds, processes, device, grouped))
         if not as_json:
             print(f"repeat {r + 1}/{repeats}: seed pipeline {base_runs[-1]:8,.0f} img/s   "
-                  f"normlab {ours_runs[-1]:8,.0f} img/s", flush=True)
+                  f"normlab {ours_runs[-1]:8,.0f} img/s"
+                  + (f"   grouped x{grouped} {grouped_runs[-1]:8,.0f} img/s" if grouped else ""), flush=True)
     result = {
         "normlab_images_per_second": round(statistics.median(ours_runs), 1),
         "baseline_images_per_second": round(statistics.median(base_runs), 1),
@@ -78,12 +104,19 @@ def run_bench(seconds: float = 20.0, repeats: int = 3, as_json: bool = False, de
         "baseline_layout": f"DataLoader 2 workers + {torch.get_num_threads()} torch threads, cpu",
         "machine": machine_description(device),
     }
+    if grouped:
+        result.update(grouped_members=grouped, grouped_images_per_second=round(statistics.median(grouped_runs), 1),
+                      grouped_runs=[round(v, 1) for v in grouped_runs],
+                      grouped_ratio_to_normlab=round(statistics.median(grouped_runs) / statistics.median(ours_runs), 3))
     if as_json:
         print(json.dumps(result))
     else:
         print(f"\n{'pipeline':<16} {'images/s (median)':>18}  layout")
         print(f"{'seed-style':<16} {result['baseline_images_per_second']:>18,.0f}  {result['baseline_layout']}")
         print(f"{'normlab':<16} {result['normlab_images_per_second']:>18,.0f}  {result['normlab_layout']}")
+        if grouped:
+            print(f"{'grouped x' + str(grouped):<16} {result['grouped_images_per_second']:>18,.0f}  "
+                  f"{grouped} experiments as one vmapped model, same layout")
         print(f"ratio normlab / seed-style: {result['ratio']:.2f}x  ({repeats} interleaved repeats of "
               f"{seconds:g} s, {result['machine']['cpu']})")
     return 0

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, metavar="N", help="measurements per pipeline, interleaved (default: 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu | cuda | auto (default: cpu)")
+    p.add_argument("--grouped", type=int, default=0, metavar="K",
+                   help="also measure K experiments trained as one vmapped model (default: 0, off)")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -288,9 +290,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    if not args.seconds > 0 or args.repeats < 1:
-        raise NormlabError("--seconds must be positive and --repeats at least 1.")
-    return run_bench(seconds=args.seconds, repeats=args.repeats, as_json=args.json, device=args.device)
+    if not args.seconds > 0 or args.repeats < 1 or args.grouped < 0:
+        raise NormlabError("--seconds must be positive, --repeats at least 1 and --grouped zero or more.")
+    return run_bench(seconds=args.seconds, repeats=args.repeats, as_json=args.json, device=args.device,
+                     grouped=args.grouped)
 
 
 def main(argv: list[str] | None = None) -> int:

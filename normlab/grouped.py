@@ -181,23 +181,7 @@ class GroupedEpoch:
         for step, (i, j) in enumerate(first.slices):
             batches = [m.batch(perm[i:j], gen) for m, perm, gen in zip(members, perms, gens)]
             x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-            record = step + 1 in to_record
-            out, acts = self._forward(x, train=True, record=record)
-            loss = vmap(F.nll_loss)(out, y)
-            total = loss
-            l1 = [m.cfg.l1 for m in members]
-            if any(l1):
-                penalty = sum(self.params[n].abs().flatten(1).sum(1) for n in self.weights)
-                total = loss + torch.tensor(l1, device=self.device) * penalty
-            grads = torch.autograd.grad(total.sum(), [self.params[n] for n in self.names])
-            stats = self._gradient_stats(grads, acts) if record else None
-            self._sgd_step(dict(zip(self.names, grads)))
-            for m in members:
-                with warnings.catch_warnings():  # the members' optimizers never step themselves
-                    warnings.simplefilter("ignore", UserWarning)
-                    m.scheduler.step()
-            if record:
-                self._record(epoch, step + 1, stats)
+            out, loss, total = self.train_step(x, y, (epoch, step + 1) if step + 1 in to_record else None)
             loss_sum += loss.detach() * (j - i)
             correct += (out.argmax(2) == y).sum(1)
             seen += j - i
@@ -232,6 +216,48 @@ class GroupedEpoch:
             m.save()
             outcome[m.cfg.dirname] = metrics
         return outcome
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, record_at: tuple[int, int] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One SGD step of every member on its batch x[k], y[k]: (log-probabilities, NLL loss, loss +
+        L1 term), each stacked over members; with `record_at` = (epoch, step), its dynamics rows."""
+        out, acts = self._forward(x, train=True, record=record_at is not None)
+        loss = vmap(F.nll_loss)(out, y)
+        total = loss
+        l1 = [m.cfg.l1 for m in self.members]
+        if any(l1):
+            penalty = sum(self.params[n].abs().flatten(1).sum(1) for n in self.weights)
+            total = loss + torch.tensor(l1, device=self.device) * penalty
+        grads = torch.autograd.grad(total.sum(), [self.params[n] for n in self.names])
+        stats = self._gradient_stats(grads, acts) if record_at else None
+        self._sgd_step(dict(zip(self.names, grads)))
+        for m in self.members:
+            with warnings.catch_warnings():  # the members' optimizers never step themselves
+                warnings.simplefilter("ignore", UserWarning)
+                m.scheduler.step()
+        if record_at:
+            self._record(*record_at, stats)
+        return out, loss, total
+
+    def throughput(self, seconds: float, warmup_steps: int = 5) -> float:
+        """Training images per second of the whole group's real step, for `normlab bench`."""
+        gens = [torch.Generator(device=self.device).manual_seed(k) for k in range(len(self.members))]
+        perms = [torch.randperm(len(m.data.train_y), generator=g, device=self.device)
+                 for m, g in zip(self.members, gens)]
+        images, start, step = 0, None, 0
+        while True:
+            for i, j in self.members[0].slices:
+                if step == warmup_steps:
+                    self.members[0]._sync()
+                    images, start = 0, time.perf_counter()
+                batches = [m.batch(p[i:j], g) for m, p, g in zip(self.members, perms, gens)]
+                self.train_step(torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches]))
+                images += (j - i) * len(self.members)
+                step += 1
+                if start is not None and step % 10 == 0:
+                    self.members[0]._sync()
+                    if time.perf_counter() - start >= seconds:
+                        return images / (time.perf_counter() - start)
 
     @torch.no_grad()
     def _sgd_step(self, grads: dict[str, torch.Tensor]) -> None:

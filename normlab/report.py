@@ -10,7 +10,7 @@ from pathlib import Path
 from .config import SETTINGS
 from .errors import DamagedError, NormlabError, notice
 from .fileio import atomic_write_text, directory_lock
-from .plot_dynamics import FIGURES, plot_dynamics
+from .plot_dynamics import FIGURES, MAX_PANELS, dynamics_by_name, plot_dynamics
 from .plots import (
     DATASET_TITLES,
     TARGET_ACCURACY,
@@ -287,6 +287,43 @@ def _limits_line(summary: dict) -> list[str]:
             "test_limit); accuracies below are on that part of the test set" for tr, te in limits]
 
 
+def dynamics_lines(study_dir: Path, summary: dict) -> list[str]:
+    """Per name, what its dynamics.csv shows at the first recorded step and at the end: how the
+    activation std and the gradient norm change from the first block to the last."""
+    stds = dynamics_by_name(study_dir, summary, "input_std")
+    if not stds or len(stds) > MAX_PANELS:
+        return []
+    grads = dynamics_by_name(study_dir, summary, "grad_norm")
+    zeros = dynamics_by_name(study_dir, summary, "relu_zero_fraction")
+
+    def at(series: dict, layer: str, end: bool) -> float | None:
+        if layer not in series:
+            return None
+        x, y = series[layer]
+        return float(y[-1] if end else y[0])
+
+    def pair(series: dict, end: bool) -> str:
+        layers = list(series)
+        first, last = at(series, layers[0], end), at(series, layers[-1], end)
+        return f"{first:.3g} → {last:.3g} (×{last / first:.3g})" if first and last else "–"
+
+    lines = ["", "## Training dynamics (dynamics.csv)", "",
+             "First block → last block, at the first training step and at the last one (geometric mean over "
+             "seeds): the std of the activations entering the norm, and the gradient norm of the conv weight. "
+             "ReLU zeros: the fraction of ReLU outputs that are 0, mean over blocks, at the last step.", "",
+             "| name | activation std, step 1 | activation std, end | gradient norm, step 1 | "
+             "gradient norm, end | ReLU zeros, end |", "|---|---|---|---|---|---:|"]
+    for name in stds:
+        z = [at(zeros.get(name, {}), layer, True) for layer in zeros.get(name, {})]
+        z = [v for v in z if v is not None]
+        lines.append(f"| {name} | {pair(stds[name], False)} | {pair(stds[name], True)} | "
+                     f"{pair(grads.get(name, {}), False)} | {pair(grads.get(name, {}), True)} | "
+                     f"{statistics.fmean(z):.2f} |" if z else
+                     f"| {name} | {pair(stds[name], False)} | {pair(stds[name], True)} | "
+                     f"{pair(grads.get(name, {}), False)} | {pair(grads.get(name, {}), True)} | – |")
+    return lines
+
+
 def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) -> str:
     ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
     m = summary.get("machine", {})
@@ -333,6 +370,7 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
     numeric, _ = varying_settings(summary)
     if len(numeric) == 1:
         lines += tolerance_lines(summary, numeric[0])
+    lines += dynamics_lines(study_dir, summary)
     lines += comparison_lines(summary)
     problems = [e for e in summary["experiments"] if e["status"] not in ("done",)]
     if problems:

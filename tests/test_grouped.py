@@ -115,3 +115,9 @@ def test_grouped_on_with_ray_is_one_sentence(tmp_path, capsys):
     code = main(["run", "--norm", "bn", *ARGS, "--grouped", "on", "--executor", "ray", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "cannot be combined with --executor ray" in err and "Traceback" not in err
+
+
+def test_bench_measures_the_grouped_step():
+    from normlab.bench import grouped_step_throughput
+
+    assert grouped_step_throughput(0.5, members=2) > 0
