@@ -19,6 +19,8 @@ so a run trains bit-identically with or without it (a test checks). Rows are lon
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -41,35 +43,41 @@ def _value(v: float) -> float:
     return float(f"{v:.6g}")
 
 
+Sink = Callable[[str, str, torch.Tensor], None]  # (layer, statistic, scalar tensor)
+
+
+def install_activation_hooks(model: nn.Module, sink: Sink, armed: Callable[[], bool]) -> None:
+    """Forward hooks on each block's norm and ReLU that pass the activation statistics to `sink`
+    while `armed()`. They also work inside torch.func.vmap, where each value is per member."""
+    for layer, block in model.blocks():
+        def norm_hook(module, inputs, output, layer=layer):
+            if armed():
+                with torch.no_grad():
+                    for side, t in (("input", inputs[0]), ("output", output)):
+                        std, mean = torch.std_mean(t.detach().float(), correction=0)
+                        sink(layer, f"{side}_mean", mean)
+                        sink(layer, f"{side}_std", std)
+
+        def relu_hook(module, inputs, output, layer=layer):
+            if armed():
+                with torch.no_grad():
+                    sink(layer, "relu_zero_fraction", (output.detach() == 0).float().mean())
+
+        block.norm.register_forward_hook(norm_hook)
+        if isinstance(block.act, nn.ReLU):
+            block.act.register_forward_hook(relu_hook)
+
+
 class DynamicsRecorder:
-    """Forward hooks on each block's norm and ReLU that measure only while armed (`measure`)."""
+    """Activation hooks that measure only while armed, and the weight statistics of a step."""
 
     def __init__(self, model: nn.Module):
         self.blocks = model.blocks()
         self._armed = False
         self._stats: dict[tuple[str, str], torch.Tensor] = {}
         self._before: dict[str, torch.Tensor] = {}
-        for name, block in self.blocks:
-            block.norm.register_forward_hook(self._norm_hook(name))
-            if isinstance(block.act, nn.ReLU):
-                block.act.register_forward_hook(self._relu_hook(name))
-
-    def _norm_hook(self, layer: str):
-        def hook(module, inputs, output):
-            if self._armed:
-                with torch.no_grad():
-                    for side, t in (("input", inputs[0]), ("output", output)):
-                        std, mean = torch.std_mean(t.detach().float(), correction=0)
-                        self._stats[layer, f"{side}_mean"] = mean
-                        self._stats[layer, f"{side}_std"] = std
-        return hook
-
-    def _relu_hook(self, layer: str):
-        def hook(module, inputs, output):
-            if self._armed:
-                with torch.no_grad():
-                    self._stats[layer, "relu_zero_fraction"] = (output.detach() == 0).float().mean()
-        return hook
+        install_activation_hooks(model, lambda layer, stat, v: self._stats.__setitem__((layer, stat), v),
+                                 lambda: self._armed)
 
     def arm(self) -> None:
         """Measure activations during the next forward pass."""

@@ -18,7 +18,6 @@ diverges is recorded as diverged (its last good epoch kept) and leaves the group
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -28,9 +27,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ExperimentConfig
-from .dynamics import recorded_steps, step_rows
+from .dynamics import install_activation_hooks, recorded_steps, step_rows
 from .errors import DivergedError
-from .model import Block, Dropout
+from .model import Block, Dropout, Net
 from .train import EVAL_BATCH, EpochMetrics, Experiment, epoch_seed
 
 FREE = ("name", "seed", "lr", "momentum", "l1", "l2")  # what members of one group may differ in
@@ -58,25 +57,7 @@ class _Stats:
         self.keys: list[tuple[str, str]] = []
         self.values: list[torch.Tensor] = []
         self.active = False
-        for name, block in template.blocks():
-            block.norm.register_forward_hook(self._norm(name))
-            if isinstance(block.act, torch.nn.ReLU):
-                block.act.register_forward_hook(self._relu(name))
-
-    def _norm(self, layer: str):
-        def hook(module, inputs, output):
-            if self.active:
-                for side, t in (("input", inputs[0]), ("output", output)):
-                    std, mean = torch.std_mean(t.detach().float(), correction=0)
-                    self._add(layer, f"{side}_mean", mean)
-                    self._add(layer, f"{side}_std", std)
-        return hook
-
-    def _relu(self, layer: str):
-        def hook(module, inputs, output):
-            if self.active:
-                self._add(layer, "relu_zero_fraction", (output.detach() == 0).float().mean())
-        return hook
+        install_activation_hooks(template, self._add, lambda: self.active)
 
     def _add(self, layer: str, stat: str, value: torch.Tensor) -> None:
         self.keys.append((layer, stat))
@@ -97,7 +78,7 @@ class GroupedEpoch:
                              "and be at the same epoch.")
         self.members = list(members)
         self.device = members[0].device
-        self.template = copy.deepcopy(members[0].model).to("meta")
+        self.template = Net.from_config(members[0].net_config).to("meta")  # no hooks of a member's recorder
         self.template.check_range = False  # a host-side check cannot run inside vmap; test data is in range
         for m in self.template.modules():
             if isinstance(m, Dropout):
@@ -190,9 +171,11 @@ class GroupedEpoch:
                     if not math.isfinite(value):
                         outcome[members[k].cfg.dirname] = DivergedError(
                             epoch, f"loss became {value} at epoch {epoch}, step {step + 1}")
-                        members[k].diverged(outcome[members[k].cfg.dirname])
+                        with torch.random.fork_rng():  # its re-init must not move the group's dropout stream
+                            members[k].diverged(outcome[members[k].cfg.dirname])
                         keep = [q for q in range(len(loss_sum)) if q != k]
                         loss_sum, correct = loss_sum[keep], correct[keep]
+                        del perms[k], gens[k]
                         self.drop(k)
                 if not self.members:
                     return outcome
@@ -203,7 +186,8 @@ class GroupedEpoch:
         for k, m in enumerate(members):
             if not math.isfinite(test_loss[k]):
                 outcome[m.cfg.dirname] = DivergedError(epoch, f"test loss became {test_loss[k]} at epoch {epoch}")
-                m.diverged(outcome[m.cfg.dirname])
+                with torch.random.fork_rng():
+                    m.diverged(outcome[m.cfg.dirname])
                 continue
             metrics = EpochMetrics(
                 epoch=epoch, train_loss=round(loss_sum[k].item() / seen, 6),
@@ -262,7 +246,9 @@ class GroupedEpoch:
     @torch.no_grad()
     def _sgd_step(self, grads: dict[str, torch.Tensor]) -> None:
         """torch.optim.SGD's update (no dampening, no Nesterov) with each member's LR, momentum and
-        weight decay: g += wd * p; buf = g on the first step, else momentum * buf + g; p -= lr * buf."""
+        weight decay: g += wd * p; buf = g on the first step, else momentum * buf + g; p -= lr * buf.
+        At momentum 0 (the schedule's low point when momentum is 0.05) SGD leaves the buffer alone
+        and steps along g: so does this, member by member."""
         groups = [m.optimizer.param_groups for m in self.members]
         for n in self.names:
             p, g = self.params[n], grads[n]
@@ -270,11 +256,17 @@ class GroupedEpoch:
             wd = [gr[group]["weight_decay"] for gr in groups]
             if any(wd):
                 g = g.add(p * self._column(wd, p))
+            momentum = [gr[group]["momentum"] for gr in groups]
             if self.momentum[n] is None:
                 self.momentum[n] = g.clone()
+                direction = self.momentum[n]
+            elif all(momentum):
+                direction = self.momentum[n].mul_(self._column(momentum, p)).add_(g)
             else:
-                self.momentum[n].mul_(self._column([gr[group]["momentum"] for gr in groups], p)).add_(g)
-            p.sub_(self._column([gr[group]["lr"] for gr in groups], p) * self.momentum[n])
+                still = self._column([float(m == 0) for m in momentum], p).bool()
+                self.momentum[n] = torch.where(still, self.momentum[n], self.momentum[n] * self._column(momentum, p) + g)
+                direction = torch.where(still, g, self.momentum[n])
+            p.sub_(self._column([gr[group]["lr"] for gr in groups], p) * direction)
 
     def _gradient_stats(self, grads, acts: torch.Tensor) -> dict:
         grad = dict(zip(self.names, grads))
@@ -333,8 +325,7 @@ def run_grouped(todo: dict, out, device: str, quiet: bool, on_epoch=None, after_
                         report(name, {"dir": name, "status": "failed", "message": str(e)})
                         continue
                     if exp.epoch >= cfg.epochs:  # every epoch on disk: only the misclassified pass is left
-                        exp.finish()
-                        report(name, {"dir": name, "status": "done", "epoch": exp.epoch})
+                        report(name, _finish(exp, {"dir": name, "status": "done", "epoch": exp.epoch}))
                     else:
                         members.append(exp)
                 if members:
@@ -359,7 +350,21 @@ def _train_group(members: list[Experiment], report) -> None:
         if isinstance(result, DivergedError):
             report(name, {"dir": name, "status": "diverged", "message": str(result), "epoch": result.epoch})
             continue
-        r = {"dir": name, "epoch": m.epoch, "metrics": result.__dict__}
-        if m.epoch >= m.cfg.epochs:
-            m.finish()
-        report(name, {**r, "status": "done" if m.epoch >= m.cfg.epochs else "running"})
+        r = {"dir": name, "epoch": m.epoch, "metrics": result.__dict__,
+             "status": "done" if m.epoch >= m.cfg.epochs else "running"}
+        report(name, _finish(m, r) if m.epoch >= m.cfg.epochs else r)
+
+
+def _finish(exp: Experiment, result: dict) -> dict:
+    """The misclassified pass, its failure reported as the pool reports a failed task."""
+    import traceback
+
+    from .errors import NormlabError
+
+    try:
+        exp.finish()
+    except (NormlabError, OSError) as e:
+        return {**result, "status": "failed", "message": str(e)}
+    except Exception as e:
+        return {**result, "status": "failed", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    return result

@@ -28,15 +28,16 @@ FIGURES = {
 
 
 def _progress(rows: list[dict]) -> dict[tuple[int, int], float]:
-    """(epoch, step) -> epoch - 1 + step / last recorded step of that epoch."""
-    last = defaultdict(int)
-    for r in rows:
-        last[r["epoch"]] = max(last[r["epoch"]], r["step"])
-    return {(e, s): e - 1 + s / last[e] for e, s in {(r["epoch"], r["step"]) for r in rows}}
+    """(epoch, step) -> epoch - 1 + step / steps per epoch (every finished epoch records its last step)."""
+    steps = max(r["step"] for r in rows)
+    return {(e, s): e - 1 + s / steps for e, s in {(r["epoch"], r["step"]) for r in rows}}
 
 
-def dynamics_by_name(study_dir: Path, summary: dict, statistic: str) -> dict[str, dict[str, tuple]]:
-    """name -> layer -> (x, geometric mean over seeds) of `statistic`, for experiments that recorded it."""
+def dynamics_by_name(study_dir: Path, summary: dict, statistic: str, geometric: bool = True
+                     ) -> dict[str, dict[str, tuple]]:
+    """name -> layer -> (x, mean over seeds) of `statistic` (geometric, or arithmetic for a fraction),
+    for experiments that recorded it. The steps of an epoch that diverged are left out: they are
+    one seed's last moments, not comparable with the others' finished epochs."""
     per_name: dict[str, list[list[dict]]] = defaultdict(list)
     for e in summary["experiments"]:
         if e["status"] not in ("done", "diverged"):
@@ -45,7 +46,7 @@ def dynamics_by_name(study_dir: Path, summary: dict, statistic: str) -> dict[str
             rows = read_dynamics(Path(study_dir) / e["dir"] / DYNAMICS)
         except DamagedError:
             continue  # the report's repair pass names a damaged view; a figure does without it
-        rows = [r for r in rows if r["statistic"] == statistic]
+        rows = [r for r in rows if r["statistic"] == statistic and r["epoch"] <= e["epochs_run"]]
         if rows:
             per_name[e["name"]].append(rows)
     out = {}
@@ -54,9 +55,11 @@ def dynamics_by_name(study_dir: Path, summary: dict, statistic: str) -> dict[str
         for rows in runs:
             where = _progress(rows)
             for r in rows:
-                if r["value"] > 0 and math.isfinite(r["value"]):
-                    layers[r["layer"]][where[r["epoch"], r["step"]]].append(math.log(r["value"]))
-        out[name] = {layer: (np.array(sorted(points)), np.exp([np.mean(points[x]) for x in sorted(points)]))
+                if math.isfinite(r["value"]) and (r["value"] > 0 or not geometric):
+                    value = math.log(r["value"]) if geometric else r["value"]
+                    layers[r["layer"]][where[r["epoch"], r["step"]]].append(value)
+        average = (lambda v: math.exp(np.mean(v))) if geometric else np.mean
+        out[name] = {layer: (np.array(sorted(points)), np.array([average(points[x]) for x in sorted(points)]))
                      for layer, points in sorted(layers.items())}
     return out
 

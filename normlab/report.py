@@ -110,6 +110,8 @@ def comparison_lines(summary: dict) -> list[str]:
     if len(found) > MAX_LISTED_COMPARISONS:
         shown = [c for c in found if c["difference"].low > 0 or c["difference"].high < 0]
         hidden, found = len(found) - len(shown), shown
+        caution = (f" With {hidden + len(shown)} pairs and no correction for multiple comparisons, about 5% "
+                   "of pairs that do not really differ are listed by chance.")
     lines = ["", "## Differences (95% confidence intervals)", "",
              "Difference of mean final test accuracy, in points, with Welch's t interval over seeds "
              "(`scipy.stats.ttest_ind(equal_var=False)`); an interval that holds 0 means the two are not "
@@ -122,7 +124,7 @@ def comparison_lines(summary: dict) -> list[str]:
                      f"{d.low:+.3f} to {d.high:+.3f} | {d.verdict(c['a'], c['b'])} |")
     if hidden:
         lines += ["", f"{hidden} more pairs that differ in one setting are not distinguishable with these "
-                  "seeds and are not listed."]
+                  "seeds and are not listed." + caution]
     return lines
 
 
@@ -146,12 +148,12 @@ def tolerance_lines(summary: dict, key: str) -> list[str]:
         return []
     lines = ["", f"## Range of {key} within {TOLERANCE_POINTS} points of each one's best", "",
              f"Mean final test accuracy over seeds at each {key}; the range holds every value whose mean is "
-             f"within {TOLERANCE_POINTS} points of that row's best (a gap inside it is named). Diverged runs "
-             "are not in the means.", "",
+             f"within {TOLERANCE_POINTS} points of that row's best (a gap inside it is named). A value where "
+             "any seed diverged is never in the range, and never the best.", "",
              f"| series | best {key} | best mean accuracy | {key} range within {TOLERANCE_POINTS} | "
              f"values in range | diverged runs (at {key}) |", "|---|---:|---:|---|---:|---|"]
     for s in sorted(set(series) | set(diverged)):
-        means = {x: statistics.fmean(v) for x, v in series[s].items()}
+        means = {x: statistics.fmean(v) for x, v in series[s].items() if not diverged[s].get(x)}
         lost = ", ".join(f"{n} at {x:g}" for x, n in sorted(diverged[s].items())) or "none"
         if not means:
             lines.append(f"| {s} | – | – | – | 0 | {lost} |")
@@ -294,7 +296,7 @@ def dynamics_lines(study_dir: Path, summary: dict) -> list[str]:
     if not stds or len(stds) > MAX_PANELS:
         return []
     grads = dynamics_by_name(study_dir, summary, "grad_norm")
-    zeros = dynamics_by_name(study_dir, summary, "relu_zero_fraction")
+    zeros = dynamics_by_name(study_dir, summary, "relu_zero_fraction", geometric=False)
 
     def at(series: dict, layer: str, end: bool) -> float | None:
         if layer not in series:
@@ -309,8 +311,9 @@ def dynamics_lines(study_dir: Path, summary: dict) -> list[str]:
 
     lines = ["", "## Training dynamics (dynamics.csv)", "",
              "First block → last block, at the first training step and at the last one (geometric mean over "
-             "seeds): the std of the activations entering the norm, and the gradient norm of the conv weight. "
-             "ReLU zeros: the fraction of ReLU outputs that are 0, mean over blocks, at the last step.", "",
+             "seeds; the epoch in which a run diverged is left out): the std of the activations entering the norm, "
+             "and the gradient norm of the conv weight. ReLU zeros: the fraction of ReLU outputs that are 0, "
+             "mean over blocks and seeds, at the last step.", "",
              "| name | activation std, step 1 | activation std, end | gradient norm, step 1 | "
              "gradient norm, end | ReLU zeros, end |", "|---|---|---|---|---|---:|"]
     for name in stds:

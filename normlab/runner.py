@@ -179,12 +179,12 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         todo = {name: (cfg, states[name].epoch) for name, cfg in
                 ((c.dirname, c) for c in study.experiments) if states[name].to_train}
         workers = cap_workers(workers, len(todo), notify)
+        export = TensorBoardExport(out) if tensorboard else None  # a missing package fails before training
+        after_epoch = export.epoch if export else None
         start = time.perf_counter()
         previous = signal.signal(signal.SIGTERM, _raise_terminate)
         interrupted = False
         results: list[dict] = []
-        export = TensorBoardExport(out) if tensorboard else None
-        after_epoch = export.epoch if export else None
         try:
             if executor == "ray":
                 from .ray_executor import run_with_ray

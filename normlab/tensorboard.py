@@ -6,8 +6,11 @@ worker pool, one worker or Ray, and costs the training nothing. Events go to
 <study>/tensorboard/<experiment>/; view them with `tensorboard --logdir <study>/tensorboard`.
 TensorBoard is an optional extra: `pip install 'normlab[tensorboard]'`.
 
-Steps are training steps: an epoch's metrics at its last step, a dynamics row at its own step.
-Histograms, per block (`block1` ...): the conv weight and the norm's parameters after the epoch.
+Steps are training steps: an epoch's metrics at its last step, a dynamics row at its own step
+(steps per epoch from the checkpoint's schedule). The first time an experiment is seen, every epoch
+on disk is written (events an earlier run left past that point are purged), so a resumed study's
+log has no gap. Histograms, per block (`block1` ...): the conv weight and the norm's parameters as
+the checkpoint holds them. An export that fails says so once and stops; training goes on.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .errors import NormlabError
+from .errors import NormlabError, notice
 from .model import Net
 from .results import CHECKPOINT, DYNAMICS, METRIC_COLUMNS, METRICS, read_dynamics, read_metrics
 
@@ -38,29 +41,38 @@ class TensorBoardExport:
         self.root = Path(study_dir) / DIRNAME
         self._writer_class = _summary_writer()  # fail before training, not after the first epoch
         self.writers: dict = {}
-        self.steps_per_epoch: dict[str, int] = {}
-
-    def _writer(self, name: str):
-        if name not in self.writers:
-            self.writers[name] = self._writer_class(log_dir=str(self.root / name))
-        return self.writers[name]
+        self.failed = False
 
     def epoch(self, name: str, epoch: int) -> None:
-        """Write what `epoch` of experiment `name` left in its files."""
+        """Write what `epoch` of experiment `name` left in its files (on first sight, every epoch up to it)."""
+        if self.failed:
+            return
+        try:
+            self._export(name, epoch)
+        except Exception as e:  # the study matters more than its TensorBoard copy
+            self.failed = True
+            notice(f"--tensorboard stopped at {name}, epoch {epoch} ({type(e).__name__}: {e}); the study goes "
+                   "on, its result files are complete.")
+
+    def _export(self, name: str, epoch: int) -> None:
         exp_dir = self.root.parent / name
-        writer = self._writer(name)
+        state = load_checkpoint(exp_dir / CHECKPOINT)
+        steps = max(1, int(state["scheduler"].get("total_steps", 0)) // max(1, state["experiment"]["epochs"]))
+        first = name not in self.writers
+        if first:
+            self.writers[name] = self._writer_class(log_dir=str(self.root / name), purge_step=1)
+        writer = self.writers[name]
+        epochs = range(1, epoch + 1) if first else [epoch]
         dynamics = read_dynamics(exp_dir / DYNAMICS)
-        if dynamics:  # the last recorded step of an epoch is its last step
-            self.steps_per_epoch[name] = max(r["step"] for r in dynamics if r["epoch"] == dynamics[0]["epoch"])
-        steps = self.steps_per_epoch.get(name, 1)
-        for r in dynamics:
-            if r["epoch"] == epoch:
-                writer.add_scalar(f"{r['statistic']}/{r['layer']}", r["value"], (epoch - 1) * steps + r["step"])
         rows = read_metrics(exp_dir / METRICS)
+        for e in epochs:
+            for r in dynamics:
+                if r["epoch"] == e:
+                    writer.add_scalar(f"{r['statistic']}/{r['layer']}", r["value"], (e - 1) * steps + r["step"])
+            if len(rows) >= e:
+                for key in METRIC_COLUMNS[1:]:
+                    writer.add_scalar(f"metrics/{key}", rows[e - 1][key], e * steps)
         if len(rows) >= epoch:
-            for key in METRIC_COLUMNS[1:]:
-                writer.add_scalar(f"metrics/{key}", rows[epoch - 1][key], epoch * steps)
-            state = load_checkpoint(exp_dir / CHECKPOINT)
             model = Net.from_config(state["net_config"])
             model.load_state_dict(state["model"])
             for layer, block in model.blocks():

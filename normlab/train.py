@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import data as datasets
 from .augment import random_affine
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import ExperimentConfig
 from .dynamics import DynamicsRecorder, recorded_steps
 from .errors import DamagedError, DivergedError, NormlabError, notice
@@ -316,7 +316,11 @@ class Experiment:
         dynamics recorded during the epoch that diverged (they show what grew)."""
         last_steps = [r for r in self.dynamics if r["epoch"] > self.epoch]
         if self.epoch > 0:
-            self._restore({**load_checkpoint(self.dir / CHECKPOINT), "diverged": None})
+            last_good = inspect_experiment(self.dir, None).checkpoint  # a version-1 file comes upgraded
+            if last_good is None:
+                raise DamagedError(f"{self.dir / CHECKPOINT} could not be read back after the run diverged; "
+                                   f"delete {self.dir} and run the study again with --resume to retrain it.")
+            self._restore({**last_good, "diverged": None})
         else:
             self._fresh()
             self.dynamics = []

@@ -7,12 +7,14 @@ import torch
 
 from normlab.cli import main
 from normlab.config import ExperimentConfig
+from normlab.errors import DivergedError
 from normlab.grouped import GroupedEpoch, group_key, make_groups
 from normlab.results import read_dynamics, read_metrics
 from normlab.train import Experiment
 
 SMALL = dict(norm="bn", epochs=2, train_limit=512, test_limit=256, batch_size=64, dropout=0.0)
-MEMBERS = [(1, 0.02, 0.0, 0.0), (2, 0.05, 1e-4, 0.0), (3, 0.1, 0.0, 1e-3)]  # seed, lr, l1, l2
+# seed, lr, l1, l2, momentum (0.05: the one-cycle schedule reaches momentum 0, where SGD skips its buffer)
+MEMBERS = [(1, 0.02, 0.0, 0.0, 0.9), (2, 0.05, 1e-4, 0.0, 0.05), (3, 0.1, 0.0, 1e-3, 0.9)]
 
 
 @pytest.fixture(autouse=True)
@@ -32,37 +34,68 @@ def test_only_experiments_that_can_share_a_step_are_grouped():
     assert sorted(map(sorted, make_groups(todo))) == [["a", "b"], ["c"], ["d"], ["e"]]
 
 
-def test_a_group_of_three_equals_three_separate_runs(tmp_path):
-    """In float64 the two paths agree to rounding (1e-10 in every weight after 2 epochs, the same
-    metrics and dynamics rows); in float32 they differ as much as two conv algorithms do, because
-    this network amplifies rounding at init (channels_last vs contiguous: ~1e-3 in log-probs)."""
+def _separate_and_grouped(tmp_path, cfgs: list[ExperimentConfig]) -> tuple[dict, dict]:
+    """Each config trained alone, and all of them as one group; dir name -> Experiment after training."""
+    separate = {}
+    for cfg in cfgs:
+        exp = Experiment(cfg, tmp_path / "separate" / cfg.dirname)
+        for _ in range(cfg.epochs):
+            try:
+                exp.run_epoch()
+            except DivergedError as e:
+                exp.diverged(e)
+                break
+        separate[cfg.dirname] = exp
+    for _ in range(2):  # each epoch from the files, as the executor does
+        members = [Experiment(c, tmp_path / "grouped" / c.dirname, resume=True) for c in cfgs]
+        members = [m for m in members if m.diverged_at is None]
+        GroupedEpoch(members).run()
+    grouped = {c.dirname: Experiment(c, tmp_path / "grouped" / c.dirname, resume=True) for c in cfgs}
+    return separate, grouped
+
+
+def _assert_same_run(alone: Experiment, together: Experiment) -> None:
+    assert together.epoch == alone.epoch and together.diverged_at == alone.diverged_at
+    for (k, a), b in zip(alone.model.state_dict().items(), together.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10, msg=k)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in alone.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in together.history] == strip
+    assert repr(together.dynamics) == repr(alone.dynamics)  # repr: nan equals nan (a diverged run)
+    expected, got = alone.optimizer.state_dict()["state"], together.optimizer.state_dict()["state"]
+    assert list(got) == list(expected)
+    for i in expected:
+        torch.testing.assert_close(got[i]["momentum_buffer"], expected[i]["momentum_buffer"], rtol=0, atol=1e-10)
+    assert together.scheduler.state_dict()["last_epoch"] == alone.scheduler.state_dict()["last_epoch"]
+
+
+@pytest.fixture
+def float64():
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    try:
-        cfgs = [ExperimentConfig(name="m", seed=s, lr=lr, l1=l1, l2=l2, **SMALL) for s, lr, l1, l2 in MEMBERS]
-        separate = []
-        for cfg in cfgs:
-            exp = Experiment(cfg, tmp_path / "separate" / cfg.dirname)
-            for _ in range(cfg.epochs):
-                exp.run_epoch()
-            separate.append(exp)
-        for _ in range(2):  # each epoch from the files, as the executor does
-            GroupedEpoch([Experiment(c, tmp_path / "grouped" / c.dirname, resume=True) for c in cfgs]).run()
-        for cfg, alone in zip(cfgs, separate):
-            together = Experiment(cfg, tmp_path / "grouped" / cfg.dirname, resume=True)
-            assert together.epoch == 2
-            for (k, a), b in zip(alone.model.state_dict().items(), together.model.state_dict().values()):
-                torch.testing.assert_close(b, a, rtol=0, atol=1e-10, msg=k)
-            strip = [{k: v for k, v in r.items() if k != "seconds"} for r in alone.history]
-            assert [{k: v for k, v in r.items() if k != "seconds"} for r in together.history] == strip
-            assert together.dynamics == alone.dynamics
-            buffers = [s["momentum_buffer"] for s in together.optimizer.state_dict()["state"].values()]
-            expected = [s["momentum_buffer"] for s in alone.optimizer.state_dict()["state"].values()]
-            for a, b in zip(expected, buffers):
-                torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
-            assert together.scheduler.state_dict()["last_epoch"] == alone.scheduler.state_dict()["last_epoch"]
-    finally:
-        torch.set_default_dtype(default)
+    yield
+    torch.set_default_dtype(default)
+
+
+def test_a_group_of_three_equals_three_separate_runs(tmp_path, float64):
+    """In float64 the two paths agree to rounding (1e-10 in every weight and momentum buffer after
+    2 epochs, the same metrics and dynamics rows), momentum 0 included; in float32 they differ as
+    much as two conv algorithms do, because this network amplifies rounding at init
+    (channels_last vs contiguous weights: ~1e-3 in log-probabilities)."""
+    cfgs = [ExperimentConfig(name="m", seed=s, lr=lr, l1=l1, l2=l2, momentum=m, **SMALL)
+            for s, lr, l1, l2, m in MEMBERS]
+    separate, grouped = _separate_and_grouped(tmp_path, cfgs)
+    for name in separate:
+        _assert_same_run(separate[name], grouped[name])
+
+
+def test_members_after_one_that_diverged_keep_their_own_data_and_numbers(tmp_path, float64):
+    """The first member diverges in epoch 1 and leaves the group; the others go on exactly as alone."""
+    cfgs = [ExperimentConfig(name="m", seed=1, lr=1e300, **{**SMALL, "norm": "none"}),
+            *[ExperimentConfig(name="m", seed=s, lr=0.05, **{**SMALL, "norm": "none"}) for s in (2, 3)]]
+    separate, grouped = _separate_and_grouped(tmp_path, cfgs)
+    assert grouped[cfgs[0].dirname].diverged_at is not None
+    for name in separate:
+        _assert_same_run(separate[name], grouped[name])
 
 
 ARGS = ["--epochs", "2", "--train-limit", "256", "--test-limit", "128", "--batch-size", "64", "--quiet"]
