@@ -152,6 +152,8 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     and raises NormlabError; damage to this one experiment is returned as DAMAGED instead.
     """
     d = Path(exp_dir)
+    if wanted is not None:  # a study.json written before a setting existed: that setting takes its default
+        wanted = _normalized(wanted, strict=False)
     for name in (CHECKPOINT, CONFIG, METRICS, DYNAMICS, STATUS, MISCLASSIFIED):
         if (d / name).exists() and not (d / name).is_file():
             return _damaged(d, wanted, f"{d / name} is not a regular file; move it away, then run again with "

@@ -68,7 +68,8 @@ NORMS: dict[str, NormEntry] = _entries(
               "LayerNorm as GroupNorm(1, C): per sample over (C, H, W)",
               "tab:green", "torch.nn.GroupNorm(1, C)"),
     NormEntry("in", NORM, lambda c, g: nn.GroupNorm(c, c),
-              "InstanceNorm as GroupNorm(C, C): per sample per channel over (H, W)",
+              "InstanceNorm as GroupNorm(C, C): per sample per channel over (H, W); on the 1x1 maps after "
+              "global pooling it outputs beta whatever the input, so this network cannot learn with it",
               "tab:purple", "torch.nn.GroupNorm(C, C)"),
     NormEntry("none", NORM, lambda c, g: nn.Identity(),
               "no normalization", "black", "torch.nn.Identity"),
@@ -77,7 +78,8 @@ NORMS: dict[str, NormEntry] = _entries(
               "tab:red", "timm.layers.StdConv2d + torch.nn.GroupNorm", uses_groups=True, conv=_std_conv),
     NormEntry("frn", NORM_ACT, lambda c, g: FilterResponseNormTlu2d(c),
               "Filter Response Norm + TLU: per sample per channel, x / rms over (H, W), then max(., tau) "
-              "(Singh & Krishnan 2019)", "tab:brown", "timm.layers.FilterResponseNormTlu2d"),
+              "(Singh & Krishnan 2019); on 1x1 maps x / rms is sign(x), whose gradient vanishes",
+              "tab:brown", "timm.layers.FilterResponseNormTlu2d"),
     NormEntry("evonorm-s0", NORM_ACT, lambda c, g: EvoNorm2dS0(c, groups=g),
               "EvoNorm-S0: x * sigmoid(v x) / group std over (C/G, H, W) (Liu et al. 2020)",
               "tab:pink", "timm.layers.EvoNorm2dS0", uses_groups=True),

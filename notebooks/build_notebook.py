@@ -33,10 +33,11 @@ registry. "LN" is GroupNorm with one group (each sample normalized over C, H, W)
 import torch
 from IPython.display import Image, Markdown, display
 
-from normlab.model import NORM_DESCRIPTIONS, Net, count_parameters
+from normlab.model import Net, count_parameters
+from normlab.zoo import NORMS
 
 for norm in ("bn", "gn", "ln"):
-    print(f"{norm}: {count_parameters(Net(norm=norm)):,} parameters — {NORM_DESCRIPTIONS[norm]}")
+    print(f"{norm}: {count_parameters(Net(norm=norm)):,} parameters — {NORMS[norm].description}")
 print(Net(norm="gn"))"""),
     md("""## Train the three models
 Each experiment starts from its own fresh initialization derived from the seed (the original exercise
