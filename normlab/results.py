@@ -123,18 +123,23 @@ def parse_metrics(text: str) -> list[dict]:
     return rows
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.csv ([] when there is none); DamagedError naming the file if it is unusable."""
+def _read_table(path: Path, parse) -> list[dict]:
+    """The rows of a CSV view ([] when there is none); DamagedError naming the file if it is unusable."""
     text = read_text(path)
     if text.problem in ("missing", "empty"):
         return []
     try:
         if not text.ok:
             raise ValueError(text.problem)
-        return parse_metrics(text.value)
+        return parse(text.value)
     except ValueError as e:
         raise DamagedError(f"{path} is damaged ({e}); run `normlab report` on its study to rebuild it "
                            "from the checkpoint.") from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.csv ([] when there is none); DamagedError naming the file if it is unusable."""
+    return _read_table(path, parse_metrics)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -170,16 +175,7 @@ def parse_dynamics(text: str) -> list[dict]:
 
 def read_dynamics(path: Path) -> list[dict]:
     """The rows of a dynamics.csv ([] when there is none); DamagedError naming the file if it is unusable."""
-    text = read_text(path)
-    if text.problem in ("missing", "empty"):
-        return []
-    try:
-        if not text.ok:
-            raise ValueError(text.problem)
-        return parse_dynamics(text.value)
-    except ValueError as e:
-        raise DamagedError(f"{path} is damaged ({e}); run `normlab report` on its study to rebuild it "
-                           "from the checkpoint.") from None
+    return _read_table(path, parse_dynamics)
 
 
 def write_dynamics(path: Path, rows: list[dict]) -> None:

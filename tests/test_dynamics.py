@@ -16,12 +16,7 @@ from normlab.train import Experiment
 SMALL = dict(epochs=2, train_limit=512, test_limit=128, batch_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(tmp_path, name: str, **settings) -> Experiment:

@@ -17,12 +17,7 @@ SMALL = dict(norm="bn", epochs=2, train_limit=512, test_limit=256, batch_size=64
 MEMBERS = [(1, 0.02, 0.0, 0.0, 0.9), (2, 0.05, 1e-4, 0.0, 0.05), (3, 0.1, 0.0, 1e-3, 0.9)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_only_experiments_that_can_share_a_step_are_grouped():

@@ -80,3 +80,19 @@ def test_the_gn_group_count_study_is_complete_and_quoted():
     for row in aggregate(summary):
         assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in README, row["name"]
     assert "results/gn-groups/groups.png" in README
+
+
+def test_the_zoo_study_is_complete_with_dynamics_and_quoted():
+    summary = json.loads((ROOT / "results" / "zoo" / "summary.json").read_text())
+    entries = summary["experiments"]
+    norms = {e["norm"] for e in entries}
+    assert {"none", "bn", "gn", "ln"} <= norms and len(norms) >= 8
+    assert all(e["status"] == "done" for e in entries)
+    for norm in norms:
+        assert len({e["seed"] for e in entries if e["norm"] == norm}) >= 3, norm
+    for e in entries:
+        assert (ROOT / "results" / "zoo" / e["dir"] / "dynamics.csv").stat().st_size > 1000, e["dir"]
+    for row in aggregate(summary):
+        assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in README, row["name"]
+    for figure in ("results/zoo/input_std.png", "results/zoo/grad_norm.png"):
+        assert figure in README
