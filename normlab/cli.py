@@ -145,8 +145,10 @@ def _warn_unused(args: argparse.Namespace, study) -> None:
     def values(v: list) -> str:
         return " ".join(map(str, v))
 
-    if args.groups is not None and not any(e.norm == "gn" for e in study.experiments):
-        _warn(f"--groups {values(args.groups)} has no effect: no experiment of this study uses GroupNorm (gn).")
+    grouped_norms = [name for name, entry in NORMS.items() if entry.uses_groups]
+    if args.groups is not None and not any(e.norm in grouped_norms for e in study.experiments):
+        _warn(f"--groups {values(args.groups)} has no effect: no experiment of this study uses a norm with "
+              f"groups ({', '.join(grouped_norms)}).")
     if args.seeds and args.seed is not None:
         _warn(f"--seed {values(args.seed)} has no effect beside --seeds {values(args.seeds)}.")
     for warning in study.warnings:
@@ -290,8 +292,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    if not args.seconds > 0 or args.repeats < 1 or args.grouped < 0:
-        raise NormlabError("--seconds must be positive, --repeats at least 1 and --grouped zero or more.")
+    if not 0 < args.seconds < float("inf") or args.repeats < 1 or args.grouped < 0:
+        raise NormlabError("--seconds must be a positive finite number, --repeats at least 1 and --grouped "
+                           "zero or more.")
     return run_bench(seconds=args.seconds, repeats=args.repeats, as_json=args.json, device=args.device,
                      grouped=args.grouped)
 

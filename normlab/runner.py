@@ -208,6 +208,8 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         finally:  # whatever happened, the time spent and every finished epoch reach summary.json
             signal.signal(signal.SIGTERM, previous)
             if export:
+                if not interrupted:
+                    export.catch_up([cfg.dirname for cfg in study.experiments])
                 export.close()
             _record_wall(meta, start)
             meta.update(machine=machine_description(device), workers=workers)

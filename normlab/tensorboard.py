@@ -54,6 +54,20 @@ class TensorBoardExport:
             notice(f"--tensorboard stopped at {name}, epoch {epoch} ({type(e).__name__}: {e}); the study goes "
                    "on, its result files are complete.")
 
+    def catch_up(self, names: list[str]) -> None:
+        """Write every experiment of `names` this export has not seen but whose files hold epochs (one
+        finished before this command, or one whose last result was cut off by an interrupt)."""
+        for name in names:
+            if self.failed or name in self.writers or not (self.root.parent / name / CHECKPOINT).is_file():
+                continue
+            try:
+                state = load_checkpoint(self.root.parent / name / CHECKPOINT)
+            except NormlabError:
+                continue  # a damaged checkpoint is the study's to report, not the export's
+            last = max([state["epoch"]] + [r["epoch"] for r in state.get("dynamics") or []])
+            if last:
+                self.epoch(name, last)
+
     def _export(self, name: str, epoch: int) -> None:
         exp_dir = self.root.parent / name
         state = load_checkpoint(exp_dir / CHECKPOINT)

@@ -124,3 +124,15 @@ def test_tensorboard_gets_the_same_statistics_as_scalars_and_per_layer_histogram
     assert [e.step for e in logged] == [(r["epoch"] - 1) * 4 + r["step"] for r in grad]  # 4 steps per epoch
     assert {"block1/conv.weight", "block6/norm.weight"} <= set(tags["histograms"])
     assert len(events.Histograms("block1/conv.weight")) == 2  # one per epoch
+
+
+def test_tensorboard_on_resume_writes_experiments_that_finished_before(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from normlab.cli import main
+
+    out = tmp_path / "study"
+    args = ["run", "--norm", "ln", "--epochs", "1", "--train-limit", "128", "--test-limit", "64",
+            "--batch-size", "64", "--workers", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0 and not (out / "tensorboard").exists()
+    assert main([*args, "--resume", "--tensorboard"]) == 0
+    assert any((out / "tensorboard" / "ln-seed1").glob("events.out.tfevents.*"))
