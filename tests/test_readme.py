@@ -96,3 +96,22 @@ def test_the_zoo_study_is_complete_with_dynamics_and_quoted():
         assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in README, row["name"]
     for figure in ("results/zoo/input_std.png", "results/zoo/grad_norm.png"):
         assert figure in README
+
+
+def test_the_lr_range_study_is_complete_and_its_table_quoted():
+    from normlab.report import tolerance_lines
+
+    summary = json.loads((ROOT / "results" / "lr-range" / "summary.json").read_text())
+    entries = summary["experiments"]
+    norms, lrs = {e["norm"] for e in entries}, {e["lr"] for e in entries}
+    assert len(norms) >= 8 and len(lrs) >= 5 and min(lrs) <= 0.005 and max(lrs) >= 1.0
+    assert all(e["epochs"] >= 5 for e in entries)
+    for norm in norms:
+        for lr in lrs:
+            assert len({e["seed"] for e in entries if (e["norm"], e["lr"]) == (norm, lr)}) >= 2, (norm, lr)
+    assert all(e["status"] in ("done", "diverged") for e in entries)
+    rows = [line for line in tolerance_lines(summary, "lr") if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(norms)
+    for row in rows:
+        assert row in README, row
+    assert "results/lr-range/lr.png" in README
