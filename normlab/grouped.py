@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .config import ExperimentConfig
 from .dynamics import install_activation_hooks, recorded_steps, step_rows
 from .errors import DivergedError
-from .model import Block, Dropout, Net
+from .model import Dropout, Net
 from .train import EVAL_BATCH, EpochMetrics, Experiment, epoch_seed
 
 FREE = ("name", "seed", "lr", "momentum", "l1", "l2")  # what members of one group may differ in
@@ -88,8 +88,8 @@ class GroupedEpoch:
         self.names = list(params)
         self.params = {n: p.detach().requires_grad_() for n, p in params.items()}
         self.weights = {n for n in self.names if self.params[n].dim() >= 3}  # conv weights: L1/L2 apply
-        at = [i for i, module in enumerate(members[0].model.features) if isinstance(module, Block)]
-        self.blocks = {f"features.{i}.conv.weight": f"block{q + 1}" for q, i in enumerate(at)}  # as Net.blocks
+        path = {id(module): name for name, module in members[0].model.named_modules()}
+        self.blocks = {f"{path[id(block)]}.conv.weight": layer for layer, block in members[0].model.blocks()}
         self.momentum = self._stacked_momentum()
 
     def _stacked_momentum(self) -> dict[str, torch.Tensor | None]:
