@@ -345,6 +345,8 @@ def misclassified(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg:
         "dataset": cfg.dataset,
         "rule": "most confident mistakes on the test set",
         "wrong_total": len(wrong),
+        # every wrong test image, so two models can be compared image by image (a paired test)
+        "wrong_indices": wrong.tolist(),
         "images": [
             {
                 "index": i,
