@@ -22,7 +22,7 @@ run: $(VENV)/.installed
 	$(BIN)/normlab run --resume $(ARGS)
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check normlab tests benchmarks

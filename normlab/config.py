@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .augment import AugmentConfig
 from .data import DATASETS
 from .errors import ConfigError
-from .model import NetConfig, check_norm, config_from_dict
+from .model import INITS, NetConfig, check_network, check_norm, config_from_dict
 
 MAX_SEED = 2**31 - 1  # every epoch's seed, seed * 1_000_003 + epoch, must fit torch's 64-bit seeds
 
@@ -48,6 +48,13 @@ class ExperimentConfig:
     shear: float = setting(10.0, "augmentation: x-shear angle, uniform in +-degrees")
     dynamics: bool = setting(True, "record per-layer training dynamics to dynamics.csv (normlab.dynamics); "
                              "reading only, training is identical either way", "BOOL")
+    last_norm: bool = setting(True, "normalize the 1x1 block after global pooling (false: a plain conv -> ReLU "
+                              "there, as the GN and FRN papers place their norms)", "BOOL")
+    init: str = setting("default", f"conv weight init: {' | '.join(INITS)} (PyTorch's own, or He/Kaiming normal)",
+                        "NAME")
+    conv_bias: bool = setting(False, "a learned bias in every conv", "BOOL")
+    val_split: int = setting(0, "hold out N training images as a validation set, evaluated every epoch "
+                             "(for choosing settings; the test set is for reporting)", "N")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -86,6 +93,13 @@ class ExperimentConfig:
         for key in ("augment", "dynamics"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, getattr(self, key), "{setting} must be true or false.")
+        check_network(self.last_norm, self.init, self.conv_bias)
+        if isinstance(self.val_split, bool) or not isinstance(self.val_split, int) or self.val_split < 0:
+            raise ConfigError("val_split", self.val_split, "{setting} must be zero or a positive integer.")
+        pool = min(self.train_limit or DATASETS[self.dataset].size("train"), DATASETS[self.dataset].size("train"))
+        if self.val_split and pool - self.val_split < 2:
+            raise ConfigError("val_split", self.val_split, f"{{setting}} leaves fewer than 2 of the {pool} "
+                              "training images to train on; hold out fewer.")
         if self.scale_min == 0 or self.scale_min > self.scale_max:
             raise ConfigError("scale_min", self.scale_min, f"{{setting}} must be positive and at most "
                               f"scale_max ({self.scale_max}).")
@@ -107,7 +121,8 @@ class ExperimentConfig:
                              scale=(self.scale_min, self.scale_max), shear=self.shear)
 
     def net_config(self, mean: float, std: float) -> NetConfig:
-        return NetConfig(self.norm, self.groups, self.dropout, mean, std)
+        return NetConfig(self.norm, self.groups, self.dropout, mean, std, self.last_norm, self.init,
+                         self.conv_bias)
 
 
 # The settings of an experiment: every field but its name (which is derived from them in a study).

@@ -43,6 +43,10 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     md5: dict[str, str]  # IDX file name -> md5 of the uncompressed bytes
     classes: tuple[str, ...]
+    sizes: tuple[tuple[str, int], ...] = (("train", 60000), ("test", 10000))  # images per split
+
+    def size(self, split: str) -> int:
+        return dict(self.sizes)[split]
 
 
 FILES = {

@@ -182,6 +182,9 @@ class GroupedEpoch:
                 members = self.members
         train_seconds = time.perf_counter() - start
         test_loss, test_accuracy = self._evaluate(first.data.test_x, first.data.test_y)
+        val_loss = val_accuracy = [None] * len(members)
+        if first.data.val_x is not None:
+            val_loss, val_accuracy = self._evaluate(first.data.val_x, first.data.val_y)
         self.write_back()
         for k, m in enumerate(members):
             if not math.isfinite(test_loss[k]):
@@ -194,7 +197,9 @@ class GroupedEpoch:
                 train_accuracy=round(100.0 * correct[k].item() / seen, 4),
                 test_loss=round(test_loss[k], 6), test_accuracy=round(test_accuracy[k], 4),
                 lr=round(m.scheduler.get_last_lr()[0], 8), seconds=round(time.perf_counter() - start, 3),
-                images_per_second=seen / train_seconds)
+                images_per_second=seen / train_seconds,
+                val_loss=None if val_loss[k] is None else round(val_loss[k], 6),
+                val_accuracy=None if val_accuracy[k] is None else round(val_accuracy[k], 4))
             m.epoch = epoch
             m.history.append(metrics.row())
             m.save()

@@ -11,6 +11,12 @@ and norm and says whether the norm carries its own activation, so the network ne
 on the norm's name. Blocks have named children (`conv`, `act`, `norm`, `drop`); state dicts of
 earlier normlab versions (children numbered 0-3) are renamed on load.
 
+Three settings change the network around the norm, each defaulting to the exercise's network:
+`last_norm` (False: the 1x1 block after global pooling is a plain Conv -> ReLU -> Dropout, as the
+GN and FRN papers leave the layers after pooling unnormalized), `init` ("he": Kaiming-normal conv
+weights, fan-in, ReLU gain, zero biases, instead of PyTorch's default) and `conv_bias` (a learned
+bias in every conv).
+
 "ln" means GroupNorm with one group: each sample normalized over (C, H, W) with a
 per-channel gamma/beta. This is the definition the GroupNorm paper (Wu & He, 2018) uses
 for LN in conv nets, and what the original exercise used. `nn.LayerNorm([C, H, W])` would normalize the
@@ -48,6 +54,7 @@ LAYERS = (
     ("conv", 16, 10, 1),
 )
 NORM_WIDTHS = tuple(layer[2] for layer in LAYERS if layer[0] == "block")
+INITS = ("default", "he")  # PyTorch's own conv init, or He et al. 2015 (Kaiming normal, fan-in, ReLU gain)
 
 
 def check_norm(norm: str, groups: int = 4) -> str:
@@ -64,6 +71,15 @@ def check_norm(norm: str, groups: int = 4) -> str:
             raise ConfigError("groups", groups, f"{{setting}} does not divide the {bad[0]} channels of a "
                               f"norm layer; choose one of {', '.join(map(str, ok))}.")
     return name
+
+
+def check_network(last_norm: bool, init: str, conv_bias: bool) -> None:
+    """The network settings around the norm, with a message that names the fix."""
+    for key, value in (("last_norm", last_norm), ("conv_bias", conv_bias)):
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "{setting} must be true or false.")
+    if init not in INITS:
+        raise ConfigError("init", init, f"{{setting}} is not a known init; choose one of: {', '.join(INITS)}.")
 
 
 def config_from_dict(cls, d: dict, what: str):
@@ -85,6 +101,9 @@ class NetConfig:
     dropout: float = 0.05  # probability, after every block
     mean: float = 0.1307  # input standardization, part of the model so checkpoints are self-contained
     std: float = 0.3081
+    last_norm: bool = True  # the 1x1 block after global pooling has its norm (the exercise's network)
+    init: str = "default"  # conv weights: PyTorch's default init, or "he"
+    conv_bias: bool = False  # a learned bias in every conv
 
     @classmethod
     def from_dict(cls, d: dict) -> NetConfig:
@@ -124,12 +143,13 @@ class Dropout(nn.Dropout):
 
 
 class Block(nn.Sequential):
-    """conv -> act -> norm -> drop, from a zoo entry: the conv has no bias (the norm's beta, or
-    nothing, follows); `act` is ReLU, or Identity when the norm carries its own activation."""
+    """conv -> act -> norm -> drop, from a zoo entry: by default the conv has no bias (the norm's
+    beta, or nothing, follows); `act` is ReLU, or Identity when the norm carries its own activation."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, entry: NormEntry, groups: int, dropout: float):
+    def __init__(self, cin: int, cout: int, kernel: int, entry: NormEntry, groups: int, dropout: float,
+                 bias: bool = False):
         super().__init__(OrderedDict(
-            conv=entry.conv(cin, cout, kernel),
+            conv=entry.conv(cin, cout, kernel, bias),
             act=nn.ReLU() if entry.has_relu else nn.Identity(),
             norm=entry.build(cout, groups),
             drop=Dropout(dropout),
@@ -148,19 +168,32 @@ def _rename_old_block_keys(module, state_dict, prefix, *args) -> None:
             state_dict[f"{m[1]}.{_OLD_CHILDREN[int(m[2])]}.{m[3]}"] = state_dict.pop(key)
 
 
-def build_layers(entry: NormEntry, groups: int, dropout: float) -> list[nn.Module]:
-    """The modules of `LAYERS`, in order."""
-    layers = []
+def build_layers(entry: NormEntry, groups: int, dropout: float, last_norm: bool = True,
+                 conv_bias: bool = False) -> list[nn.Module]:
+    """The modules of `LAYERS`, in order; without `last_norm`, the blocks after global pooling are plain."""
+    layers, pooled = [], False
     for kind, *shape in LAYERS:
         if kind == "block":
-            layers.append(Block(*shape, entry, groups, dropout))
+            plain = pooled and not last_norm
+            layers.append(Block(*shape, NORMS["none"] if plain else entry, groups, dropout, bias=conv_bias))
         elif kind == "conv":
-            layers.append(nn.Conv2d(*shape, bias=False))
+            layers.append(nn.Conv2d(*shape, bias=conv_bias))
         elif kind == "maxpool":
             layers.append(nn.MaxPool2d(2))
         else:
             layers.append(nn.AdaptiveAvgPool2d(1))
+            pooled = True
     return layers
+
+
+def he_init(model: nn.Module) -> None:
+    """He et al. (2015): conv weights ~ N(0, 2 / fan_in), so a conv + ReLU keeps its input's scale;
+    biases start at 0. Draws from torch's global generator, in module order."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class Net(nn.Module):
@@ -169,15 +202,19 @@ class Net(nn.Module):
     check_range = True  # eval-mode inputs checked to lie in [0, 1] (off inside torch.func.vmap)
 
     def __init__(self, norm: str = "bn", groups: int = 4, dropout: float = 0.05,
-                 mean: float = 0.1307, std: float = 0.3081):
+                 mean: float = 0.1307, std: float = 0.3081, last_norm: bool = True, init: str = "default",
+                 conv_bias: bool = False):
         super().__init__()
         norm = check_norm(norm, groups)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError("dropout", dropout, "{setting} must be a probability from 0 to below 1.")
-        self.config = NetConfig(norm, groups, dropout, mean, std)
+        check_network(last_norm, init, conv_bias)
+        self.config = NetConfig(norm, groups, dropout, mean, std, last_norm, init, conv_bias)
         self.register_buffer("input_mean", torch.tensor(float(mean)))
         self.register_buffer("input_std", torch.tensor(float(std)))
-        self.features = nn.Sequential(*build_layers(NORMS[norm], groups, dropout))
+        self.features = nn.Sequential(*build_layers(NORMS[norm], groups, dropout, last_norm, conv_bias))
+        if init == "he":
+            he_init(self)
         self.register_load_state_dict_pre_hook(_rename_old_block_keys)
 
     def blocks(self) -> list[tuple[str, Block]]:

@@ -44,10 +44,14 @@ class EpochMetrics:
     lr: float  # learning rate at the last step of the epoch
     seconds: float  # wall time of the epoch, training and evaluation
     images_per_second: float = 0.0  # training only; shown, not saved in metrics.csv
+    val_loss: float | None = None  # on the held-out validation images, when val_split > 0
+    val_accuracy: float | None = None
 
     def row(self) -> dict:
-        """The metrics.csv row (and checkpoint history entry) of this epoch."""
-        return {k: v for k, v in asdict(self).items() if k != "images_per_second"}
+        """The metrics.csv row (and checkpoint history entry) of this epoch; the validation
+        columns only when there is a validation set, so other rows keep their columns."""
+        return {k: v for k, v in asdict(self).items()
+                if k != "images_per_second" and not (k.startswith("val_") and v is None)}
 
 
 @dataclass
@@ -58,6 +62,19 @@ class Data:
     test_y: torch.Tensor
     mean: float  # training-set pixel mean/std, stored in the model for standardization
     std: float
+    val_x: torch.Tensor | None = None  # held out from the training images (val_split), or None
+    val_y: torch.Tensor | None = None
+
+
+VAL_SPLIT_SEED = 0  # one fixed split per dataset and size, whatever the experiment's seed
+
+
+def validation_indices(pool: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) of a training pool of `pool` images: `size` of them
+    drawn by a fixed-seed permutation, so every experiment of a study holds out the same images.
+    Both in their original order."""
+    perm = torch.randperm(pool, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    return perm[size:].sort().values, perm[:size].sort().values
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -72,15 +89,23 @@ def resolve_device(name: str | None = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=4)
-def load_data(dataset: str, train_limit: int | None, test_limit: int | None, device: str) -> Data:
-    """The dataset as float tensors on `device`, loaded once per process."""
+def load_data(dataset: str, train_limit: int | None, test_limit: int | None, device: str,
+              val_split: int = 0) -> Data:
+    """The dataset as float tensors on `device`, loaded once per process. The first `train_limit`
+    training images form the pool from which `val_split` are held out for validation."""
     mean, std = datasets.channel_stats(dataset)
     tensors = []
     for split, limit in (("train", train_limit), ("test", test_limit)):
         images, labels = datasets.load(dataset, split)
         images, labels = images[:limit], labels[:limit]
         tensors += [images.to(device).float().div_(255).unsqueeze(1), labels.to(device)]
-    return Data(*tensors, mean=mean, std=std)
+    data = Data(*tensors, mean=mean, std=std)
+    if val_split:
+        train, val = validation_indices(len(data.train_y), val_split)
+        train, val = train.to(device), val.to(device)
+        data.val_x, data.val_y = data.train_x[val], data.train_y[val]
+        data.train_x, data.train_y = data.train_x[train], data.train_y[train]
+    return data
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -137,7 +162,7 @@ class Experiment:
         self.cfg = cfg
         self.dir = Path(exp_dir)
         self.device = resolve_device(str(device))
-        self.data = load_data(cfg.dataset, cfg.train_limit, cfg.test_limit, self.device.type)
+        self.data = load_data(cfg.dataset, cfg.train_limit, cfg.test_limit, self.device.type, cfg.val_split)
         state = inspect_experiment(self.dir, cfg.to_dict(), resume)
         if state.kind == DAMAGED:
             raise DamagedError(state.problem)
@@ -290,6 +315,10 @@ class Experiment:
         test_loss, test_accuracy = evaluate(self.model, d.test_x, d.test_y)
         if test_loss != test_loss or abs(test_loss) == float("inf"):
             raise DivergedError(epoch, f"test loss became {test_loss} at epoch {epoch}")
+        val_loss = val_accuracy = None
+        if d.val_x is not None:
+            val_loss, val_accuracy = (round(v, 6 if i == 0 else 4) for i, v in
+                                      enumerate(evaluate(self.model, d.val_x, d.val_y)))
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=round(loss_sum.item() / seen, 6),
@@ -299,6 +328,8 @@ class Experiment:
             lr=round(self.scheduler.get_last_lr()[0], 8),
             seconds=round(time.perf_counter() - start, 3),
             images_per_second=seen / train_seconds,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
         )
         self.epoch = epoch
         self.history.append(metrics.row())

@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from timm.layers import EvoNorm2dS0, FilterResponseNormTlu2d, LayerNorm2d, StdConv2d
 from torch import nn
 
+from .layers import FilterResponseNormTluLearnedEps2d
+
 NORM, NORM_ACT, CONV = "norm", "norm_act", "conv"
 
 
-def _conv(cin: int, cout: int, kernel: int) -> nn.Module:
-    return nn.Conv2d(cin, cout, kernel, bias=False)
+def _conv(cin: int, cout: int, kernel: int, bias: bool = False) -> nn.Module:
+    return nn.Conv2d(cin, cout, kernel, bias=bias)
 
 
-def _std_conv(cin: int, cout: int, kernel: int) -> nn.Module:
+def _std_conv(cin: int, cout: int, kernel: int, bias: bool = False) -> nn.Module:
     # padding=0 keeps the exercise's "valid" convolutions (timm pads 'same' by default)
-    return StdConv2d(cin, cout, kernel, padding=0, bias=False)
+    return StdConv2d(cin, cout, kernel, padding=0, bias=bias)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class NormEntry:
     source: str  # where the implementation comes from
     uses_groups: bool = False  # reads the `groups` setting
     batch_independent: bool = True  # a sample's output does not depend on the rest of its batch
-    conv: Callable[[int, int, int], nn.Module] = _conv  # (in, out, kernel) -> the block's conv
+    conv: Callable[..., nn.Module] = _conv  # (in, out, kernel, bias) -> the block's conv
 
     @property
     def has_relu(self) -> bool:
@@ -80,6 +82,10 @@ NORMS: dict[str, NormEntry] = _entries(
               "Filter Response Norm + TLU: per sample per channel, x / rms over (H, W), then max(., tau) "
               "(Singh & Krishnan 2019); on 1x1 maps x / rms is sign(x), whose gradient vanishes",
               "tab:brown", "timm.layers.FilterResponseNormTlu2d"),
+    NormEntry("frn-eps", NORM_ACT, lambda c, g: FilterResponseNormTluLearnedEps2d(c),
+              "Filter Response Norm + TLU with a learned eps (1e-6 + |eps_l|, one per layer): the FRN paper's "
+              "remedy for 1x1 maps, where a fixed tiny eps makes x / rms the sign of x",
+              "tab:olive", "normlab.layers.FilterResponseNormTluLearnedEps2d"),
     NormEntry("evonorm-s0", NORM_ACT, lambda c, g: EvoNorm2dS0(c, groups=g),
               "EvoNorm-S0: x * sigmoid(v x) / group std over (C/G, H, W) (Liu et al. 2020)",
               "tab:pink", "timm.layers.EvoNorm2dS0", uses_groups=True),
@@ -87,11 +93,6 @@ NORMS: dict[str, NormEntry] = _entries(
               "LayerNorm2d: per sample per pixel over C (as in ConvNeXt)",
               "tab:cyan", "timm.layers.LayerNorm2d"),
 )
-
-
-def get_norm(name: str) -> NormEntry:
-    """The registry entry of `name` (already normalized by `model.check_norm`)."""
-    return NORMS[name]
 
 
 def create_norm_layer(name: str, num_channels: int, groups: int = 4) -> nn.Module:

@@ -172,5 +172,14 @@ def test_committed_mission_checkpoints_reproduce_their_recorded_accuracy():
     assert len(d.test_y) == 10000
     for e in summary["experiments"]:
         model = normlab.load_model(root / e["checkpoint"])
-        _, acc = evaluate(model, d.test_x, d.test_y)
-        assert abs(acc - e["final_test_accuracy"]) <= 0.01, e["name"]
+        assert_scores_as_recorded(model, d.test_x, d.test_y, e["final_test_accuracy"], e["dir"])
+
+
+def assert_scores_as_recorded(model, x, y, recorded: float, what: str) -> None:
+    """The model's accuracy equals the recorded one, but for images whose top two classes are so
+    close that another CPU's rounding may swap them: only those may differ, on any machine."""
+    logp = torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]).detach()
+    top2 = logp.topk(2, dim=1).values
+    near_ties = int((top2[:, 0] - top2[:, 1] < 1e-3).sum())
+    correct = int((logp.argmax(1) == y).sum())
+    assert abs(correct - round(recorded * len(y) / 100)) <= near_ties, (what, correct, recorded, near_ties)
