@@ -141,11 +141,23 @@ def _value_text(value: Any) -> str:
     return "all" if value is None else str(value)
 
 
+# A true/false setting in a name: the word for true, the word for false.
+BOOL_WORDS = {"last_norm": ("lastnorm", "plainlast"), "conv_bias": ("bias", "nobias")}
+
+
 def name_part(key: str, value: Any) -> str:
-    """One setting as a piece of an experiment name: `bn`, `lr0.05`, `l1_0.001`, `b32`."""
+    """One setting as a piece of an experiment name: `bn`, `lr0.05`, `l1_0.001`, `b32`, `init-he`,
+    `plainlast` (last_norm false), `noaugment`."""
     if key in ("norm", "dataset"):
         return str(value)
-    short = NAME_ABBREVIATIONS.get(key, key)
+    if isinstance(value, bool):
+        word = key.replace("_", "")
+        yes, no = BOOL_WORDS.get(key, (word, f"no{word}"))
+        return yes if value else no
+    short = NAME_ABBREVIATIONS.get(key, key).replace("_", "-") if isinstance(value, str) else \
+        NAME_ABBREVIATIONS.get(key, key)
+    if isinstance(value, str):
+        return f"{short}-{value}"
     return f"{short}{'_' if short[-1].isdigit() else ''}{_value_text(value)}"
 
 
@@ -175,23 +187,26 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
     seed_values = overrides.pop("seed", None)
     swept = [k for k, v in overrides.items() if len(v) > 1]  # the command line's own grid
 
-    points: list[tuple[str | None, dict]] = []
+    points: list[tuple[str | None, dict, list[str]]] = []
     for table in spec.grids:
         template = table.get("name")
         settings = {k: v for k, v in table.items() if k != "name"}
+        # settings the file gives several values but the template does not show: named after it
+        unnamed = [k for k, v in {**settings, **spec.base}.items()
+                   if template and k != "seed" and isinstance(v, list) and len(v) > 1 and "{" + k not in template]
         for base_point in _product(spec.base):
             for point in _product(settings):
                 for extra in _product(overrides):
-                    points.append((template, {**base_point, **point, **extra}))
-    seeds_in_order = seed_values or list(dict.fromkeys(p.get("seed", defaults["seed"]) for _, p in points))
+                    points.append((template, {**base_point, **point, **extra}, unnamed))
+    seeds_in_order = seed_values or list(dict.fromkeys(p.get("seed", defaults["seed"]) for _, p, _ in points))
     if len(set(seeds_in_order)) != len(seeds_in_order):
         raise ConfigError("seeds", seeds_in_order, "{setting} has repeated values; give each seed once.")
-    varying = [k for k in SETTINGS if k != "seed" and len({repr(p.get(k, defaults[k])) for _, p in points}) > 1]
+    varying = [k for k in SETTINGS if k != "seed" and len({repr(p.get(k, defaults[k])) for _, p, _ in points}) > 1]
 
     experiments: list[ExperimentConfig] = []
     seen: dict[tuple, dict] = {}
     for seed in seeds_in_order:
-        for template, point in points:
+        for template, point, unnamed in points:
             if seed_values is None and point.get("seed", defaults["seed"]) != seed:
                 continue
             settings = {**defaults, **point, "seed": seed}
@@ -200,7 +215,7 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
                     settings[key] = None
             if isinstance(settings["norm"], str):
                 settings["norm"] = settings["norm"].strip().lower()
-            settings["name"] = _experiment_name(spec, template, settings, swept, varying)
+            settings["name"] = _experiment_name(spec, template, settings, list(dict.fromkeys([*unnamed, *swept])), varying)
             same = {k: v for k, v in settings.items() if k != "name"}
             key = (settings["name"], seed)
             if key in seen:
@@ -238,7 +253,7 @@ def _experiment(spec: StudySpec, settings: dict, overrides: dict) -> ExperimentC
 
 def _experiment_name(spec: StudySpec, template: str | None, settings: dict, swept: list[str],
                      varying: list[str]) -> str:
-    """The grid's template (plus the command line's swept settings), or the settings that vary."""
+    """The grid's template (plus the settings that vary but it does not show), or the settings that vary."""
     if template is None:  # the norm first, always: it is what this lab compares
         return "-".join(name_part(k, settings[k]) for k in ["norm", *(k for k in varying if k != "norm")])
     try:
