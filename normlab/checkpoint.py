@@ -9,12 +9,14 @@ source of truth of an experiment: config.json, metrics.csv, dynamics.csv and sta
 from __future__ import annotations
 
 import io
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import NormlabError
+from .errors import NormlabError, first_line
 from .fileio import atomic_write_bytes
 from .model import Net, NetConfig
 
@@ -61,14 +63,27 @@ def _to_cpu(obj: Any) -> Any:
 class CheckpointError(NormlabError, ValueError):
     """A file that is not a usable normlab checkpoint; `reason` says why in a few words."""
 
-    def __init__(self, path: Path, reason: str):
+    def __init__(self, path: Path, reason: str, fix: str = "pass the model.pt of a normlab run"):
         self.reason = reason
-        super().__init__(f"{path} is not a normlab checkpoint that can be loaded safely ({reason}); "
-                         "pass the model.pt of a normlab run.")
+        super().__init__(f"{path} is not a normlab checkpoint that can be loaded safely ({reason}); {fix}.")
 
 
 def _not_a_checkpoint(path: Path, why: str) -> CheckpointError:
     return CheckpointError(path, why)
+
+
+def verify_checksums(path: Path) -> None:
+    """Every member of the checkpoint's zip archive against the CRC-32 that torch.save wrote for
+    it. torch.load does not check them, so one flipped bit in a tensor would load as a silently
+    different model; here it is a damaged file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
+        raise _not_a_checkpoint(path, f"truncated or corrupt: {first_line(e, 80)}") from None
+    if bad is not None:
+        raise CheckpointError(path, f"its content does not match its checksum, in {bad}: a changed or "
+                              "partly copied file", fix="restore it from a copy, or retrain its experiment")
 
 
 def load_checkpoint(path: Path | str) -> dict:
@@ -84,6 +99,7 @@ def load_checkpoint(path: Path | str) -> dict:
         raise _not_a_checkpoint(path, "the file is empty")
     if head != b"PK\x03\x04":  # torch.save writes a zip archive
         raise _not_a_checkpoint(path, "not a PyTorch file: corrupt or foreign")
+    verify_checksums(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any parse failure of a damaged or foreign file
@@ -91,10 +107,8 @@ def load_checkpoint(path: Path | str) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise _not_a_checkpoint(path, "a PyTorch file, but not one that normlab wrote")
     if state.get("version") not in (1, VERSION):
-        raise NormlabError(
-            f"{path} is a normlab checkpoint of version {state.get('version')}, this normlab reads "
-            f"versions 1 and {VERSION}; retrain it with this version."
-        )
+        raise CheckpointError(path, f"format version {state.get('version')!r}; this normlab reads versions 1 "
+                              f"and {VERSION}: upgrade normlab, or retrain with this one")
     bad = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
     if state["version"] >= 2:
         history = state.get("history")
@@ -122,6 +136,6 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> Net:
         model = Net.from_config(state["net_config"])
         model.load_state_dict(state["model"])
     except (RuntimeError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:200]
+        first = first_line(e, 200)
         raise _not_a_checkpoint(Path(path), f"its weights do not fit its network: {first}") from None
     return model.to(device).eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .config import SETTINGS, ExperimentConfig
 from .data import DATASETS
-from .errors import ConfigError, NormlabError, notice
+from .errors import ConfigError, NormlabError, notice, os_error_fix
 from .results import DAMAGED, DIVERGED
 from .studies import presets
 from .zoo import NORMS
@@ -314,9 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
         return 1
     except OSError as e:  # a file or folder the system refused: one sentence, no traceback
-        where = f" {e.filename}" if e.filename else ""
-        print(f"normlab: error: cannot access{where} ({e.strerror or e}); check the path and its "
-              "permissions.", file=sys.stderr)
+        where = f" {e.filename}" if e.filename else " a file"
+        print(f"normlab: error: cannot access{where} ({e.strerror or e}); {os_error_fix(e)}.", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("normlab: interrupted; every finished epoch is saved. Continue with the same command "

@@ -127,3 +127,11 @@ class ExperimentConfig:
 
 # The settings of an experiment: every field but its name (which is derived from them in a study).
 SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name != "name")
+
+# What experiments that train as one vmapped model (--grouped) may differ in; the rest shapes the step.
+STEP_FREE_SETTINGS = ("name", "seed", "lr", "momentum", "l1", "l2")
+
+
+def step_key(cfg: ExperimentConfig) -> tuple:
+    """Experiments with equal keys can share one training step (one vmapped model)."""
+    return tuple((k, v) for k, v in cfg.to_dict().items() if k not in STEP_FREE_SETTINGS)

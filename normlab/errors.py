@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Any
 
@@ -9,6 +10,25 @@ from typing import Any
 def notice(message: str) -> None:
     """A repair or a note the user should see even with --quiet, on stderr, one line."""
     print(f"normlab: {message}", file=sys.stderr, flush=True)
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, cut at a word (with '...') when longer than
+    `limit`, or the exception's type when it has no message: a sentence never ends mid-word."""
+    text = str(error).strip().splitlines()[0].strip() if str(error).strip() else type(error).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(",;:")
+    return f"{cut}..."
+
+
+def os_error_fix(error: OSError) -> str:
+    """What to do about a refused file operation, by its cause."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on that disk (or choose another location), then run again with --resume"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make it writable, or choose another location"
+    return "check the path, the disk and its permissions, then run again"
 
 
 class NormlabError(Exception):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import NormlabError
+from .errors import NormlabError, os_error_fix
 
 
 def _umask() -> int:
@@ -21,9 +21,8 @@ def _umask() -> int:
 
 
 def cannot_write(path: Path, error: OSError) -> NormlabError:
-    """One sentence for a failed write, naming the path, the reason and the fix."""
-    return NormlabError(f"cannot write {path} ({error.strerror or error}); make its folder writable "
-                        "or choose another location.")
+    """One sentence for a failed write, naming the path, the reason and the fix (by the reason)."""
+    return NormlabError(f"cannot write {path} ({error.strerror or error}); {os_error_fix(error)}.")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -51,6 +50,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(e, OSError):
             raise cannot_write(path, e) from None
         raise
+
+
+def remove_temp_files(directory: Path) -> None:
+    """Remove the temp files of `atomic_write_bytes` that a killed process left in `directory`.
+    Call it only while holding the directory's lock, when no other writer can be mid-write."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for tmp in directory.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -26,26 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .config import ExperimentConfig
+from .config import step_key
 from .dynamics import install_activation_hooks, recorded_steps, step_rows
 from .errors import DivergedError
 from .model import Dropout, Net
 from .train import EVAL_BATCH, EpochMetrics, Experiment, epoch_seed
-
-FREE = ("name", "seed", "lr", "momentum", "l1", "l2")  # what members of one group may differ in
-
-
-def group_key(cfg: ExperimentConfig) -> tuple:
-    """Experiments with equal keys can train as one vmapped model."""
-    return tuple((k, v) for k, v in cfg.to_dict().items() if k not in FREE)
-
-
-def make_groups(todo: dict) -> list[list[str]]:
-    """Names of `todo` (name -> (config, epochs on disk)) grouped by step-sharing key and progress."""
-    groups: dict[tuple, list[str]] = {}
-    for name, (cfg, done) in todo.items():
-        groups.setdefault((group_key(cfg), done), []).append(name)
-    return list(groups.values())
 
 
 class _Stats:
@@ -73,7 +58,7 @@ class GroupedEpoch:
     """One epoch of several Experiments at the same epoch, as one vmapped model."""
 
     def __init__(self, members: list[Experiment]):
-        if len({group_key(m.cfg) for m in members}) != 1 or len({m.epoch for m in members}) != 1:
+        if len({step_key(m.cfg) for m in members}) != 1 or len({m.epoch for m in members}) != 1:
             raise ValueError("members of a group must share every setting but seed, lr, momentum, l1 and l2, "
                              "and be at the same epoch.")
         self.members = list(members)
@@ -298,78 +283,3 @@ class GroupedEpoch:
         loss = vmap(lambda lp: F.nll_loss(lp, y, reduction="sum"))(logp) / len(y)
         accuracy = 100.0 * (logp.argmax(2) == y).sum(1) / len(y)
         return loss.tolist(), accuracy.tolist()
-
-
-def run_grouped(todo: dict, out, device: str, quiet: bool, on_epoch=None, after_epoch=None) -> list[dict]:
-    """The study's schedule with step-sharing experiments trained as groups, an epoch at a time,
-    in this process; each member's epoch is reported like a worker's (`take_epoch_result`)."""
-    from .errors import DamagedError, NormlabError
-    from .results import DAMAGED
-    from .runner import _epoch_bar, take_epoch_result
-
-    bar = _epoch_bar(todo, "grouped", quiet)
-    results: list[dict] = []
-
-    def report(name: str, r: dict) -> None:
-        if take_epoch_result(r, name, todo, bar, quiet, on_epoch, after_epoch):
-            del todo[name]
-            results.append(r)
-
-    try:
-        while todo:
-            for names in make_groups(todo):
-                members = []
-                for name in names:
-                    cfg, _ = todo[name]
-                    try:
-                        exp = Experiment(cfg, out / name, device=device, resume=True)
-                    except DamagedError as e:
-                        report(name, {"dir": name, "status": DAMAGED, "message": str(e)})
-                        continue
-                    except NormlabError as e:
-                        report(name, {"dir": name, "status": "failed", "message": str(e)})
-                        continue
-                    if exp.epoch >= cfg.epochs:  # every epoch on disk: only the misclassified pass is left
-                        report(name, _finish(exp, {"dir": name, "status": "done", "epoch": exp.epoch}))
-                    else:
-                        members.append(exp)
-                if members:
-                    _train_group(members, report)
-    finally:
-        bar.close()
-    return results
-
-
-def _train_group(members: list[Experiment], report) -> None:
-    import traceback
-
-    try:
-        outcome = GroupedEpoch(members).run()
-    except Exception as e:  # a bug: every member reports it, with its traceback, and the study goes on
-        for m in members:
-            report(m.cfg.dirname, {"dir": m.cfg.dirname, "status": "failed", "message": f"{type(e).__name__}: {e}",
-                                   "traceback": traceback.format_exc()})
-        return
-    for m in members:
-        name, result = m.cfg.dirname, outcome[m.cfg.dirname]
-        if isinstance(result, DivergedError):
-            report(name, {"dir": name, "status": "diverged", "message": str(result), "epoch": result.epoch})
-            continue
-        r = {"dir": name, "epoch": m.epoch, "metrics": result.__dict__,
-             "status": "done" if m.epoch >= m.cfg.epochs else "running"}
-        report(name, _finish(m, r) if m.epoch >= m.cfg.epochs else r)
-
-
-def _finish(exp: Experiment, result: dict) -> dict:
-    """The misclassified pass, its failure reported as the pool reports a failed task."""
-    import traceback
-
-    from .errors import NormlabError
-
-    try:
-        exp.finish()
-    except (NormlabError, OSError) as e:
-        return {**result, "status": "failed", "message": str(e)}
-    except Exception as e:
-        return {**result, "status": "failed", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    return result

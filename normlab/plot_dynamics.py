@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .errors import DamagedError  # noqa: E402
+from .plots import save_figure  # noqa: E402
 from .results import DYNAMICS, read_dynamics  # noqa: E402
 
 MAX_PANELS = 12  # a study with more names (a grid) gets no dynamics figure: it would be unreadable
@@ -92,6 +93,5 @@ def plot_dynamics(study_dir: Path, summary: dict, statistic: str, path: Path) ->
     suffix = f" (geometric mean of {seeds} seeds)" if seeds > 1 else ""
     fig.suptitle(f"{what}{suffix} — study '{summary['study']}'", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -6,6 +6,7 @@ min-max range, so a reader sees at once whether two curves differ by more than s
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,9 +17,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .config import SETTINGS  # noqa: E402
-from .fileio import read_json  # noqa: E402
+from .fileio import atomic_write_bytes, read_json  # noqa: E402
 from .results import read_metrics  # noqa: E402
 from .zoo import colour  # noqa: E402
+
+
+def save_figure(fig, path: Path) -> None:
+    """Render to memory, then write atomically: an interrupt or a full disk leaves the previous
+    figure in place, never a half-written PNG."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 TARGET_ACCURACY = 99.4
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
@@ -116,8 +128,7 @@ def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path
     if len(curves) and max(len(c["epochs"]) for c in curves.values()) > 1:
         ax.set_xticks(range(1, max(len(c["epochs"]) for c in curves.values()) + 1, 2 if summary["epochs"] > 12 else 1))
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -139,8 +150,7 @@ def plot_train_vs_test(study_dir: Path, summary: dict, path: Path) -> Path:
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(_title(summary, "train vs test accuracy"), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -163,8 +173,7 @@ def plot_misclassified(exp_dir: Path, entry: dict, path: Path) -> Path | None:
     ds = DATASET_TITLES.get(mis["dataset"], mis["dataset"])
     fig.suptitle(f"{describe(entry)} (seed {entry['seed']}) — {ds} test accuracy {acc:.2f}%\n"
                  f"{len(images)} {mis['rule']} (of {mis['wrong_total']} wrong)", fontsize=10)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -237,8 +246,7 @@ def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:
     what = f"final test accuracy (%) over {y} x {x}" + (f", mean of {seeds} seeds" if seeds > 1 else "")
     fig.suptitle(_title(summary, what), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -264,8 +272,7 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
     ax.set_title(_title(summary, "final test accuracy of every experiment"), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -336,6 +343,5 @@ def plot_setting(summary: dict, key: str, path: Path) -> Path | None:
         what += f", mean of {n_seeds} seeds (bars: {'95% CI' if n_seeds >= 3 else 'min–max'})"
     fig.suptitle(_title(summary, what), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ExperimentConfig
-from .errors import NormlabError
+from .errors import NormlabError, first_line
 from .fileio import atomic_write_json
 from .model import Net
 from .results import (
@@ -168,7 +168,7 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     except CheckpointError as e:
         return _damaged(d, wanted, f"{d / CHECKPOINT} is damaged ({e.reason}); {_retrain_fix(d)}.")
     except (NormlabError, RuntimeError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        first = first_line(e, 120)
         return _damaged(d, wanted, f"{d / CHECKPOINT} is damaged (its content does not rebuild its model: "
                         f"{first}); {_retrain_fix(d)}.")
     cfg = state["experiment"]

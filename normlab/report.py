@@ -54,7 +54,7 @@ def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
         done = [e for e in entries if e["status"] == "done"]
         row = {"name": name, "entry": entries[0], "seeds": [e["seed"] for e in entries],
                "done": len(done), "statuses": sorted({e["status"] for e in entries}),
-               "params": entries[0]["params"]}
+               "params": next((e["params"] for e in entries if e.get("params")), None)}
         if done:
             finals = [e["final_test_accuracy"] for e in done]
             row["final_mean"], row["final_std"] = mean_std(finals)
@@ -179,13 +179,14 @@ def final_table(summary: dict) -> str:
     lines = [f"{'name':<22} {'params':>6} {'seeds':>5} {'final acc %':>16} {'best acc %':>10} "
              f"{'final loss':>10} {'time s':>8}  status"]
     for r in aggregate(summary):
+        seeds = str(r["done"]) if r["done"] == len(r["seeds"]) else f"{r['done']}/{len(r['seeds'])}"
         if r["done"]:
             lines.append(
-                f"{r['name']:<22} {r['params'] or 0:>6} {len(r['seeds']):>5} "
+                f"{r['name']:<22} {r['params'] or '-':>6} {seeds:>5} "
                 f"{_pm(r['final_mean'], r['final_std'], r['done']):>16} {r['best_mean']:>10.2f} "
                 f"{r['loss_mean']:>10.4f} {r['seconds_mean']:>8.0f}  {','.join(r['statuses'])}")
         else:
-            lines.append(f"{r['name']:<22} {r['params'] or '-':>6} {len(r['seeds']):>5} {'-':>16} {'-':>10} "
+            lines.append(f"{r['name']:<22} {r['params'] or '-':>6} {seeds:>5} {'-':>16} {'-':>10} "
                          f"{'-':>10} {'-':>8}  {','.join(r['statuses'])}")
     lines.append(f"study wall time: {wall_time_text(summary)}")
     return "\n".join(lines)
@@ -282,11 +283,26 @@ def generate_report(study_dir: Path, notify: Callable[[str], None] | None = None
 
 
 def _limits_line(summary: dict) -> list[str]:
-    """Say so when experiments used only part of the data: then "test set" means that part."""
-    limits = sorted({(e.get("train_limit"), e.get("test_limit")) for e in summary["experiments"]
-                     if e.get("train_limit") or e.get("test_limit")}, key=repr)
-    return [f"- data: only the first {tr or 'all'} training and {te or 'all'} test images (train_limit / "
-            "test_limit); accuracies below are on that part of the test set" for tr, te in limits]
+    """Say so when experiments used only part of the data (then "test set" means that part), or
+    held some training images out for validation; a limit above the dataset's size limits nothing."""
+    from .data import DATASETS
+
+    lines = set()
+    for e in summary["experiments"]:
+        spec = DATASETS.get(e.get("dataset"))
+        if spec is None:
+            continue
+        train = min(e.get("train_limit") or spec.size("train"), spec.size("train"))
+        test = min(e.get("test_limit") or spec.size("test"), spec.size("test"))
+        held = e.get("val_split") or 0
+        if train < spec.size("train") or test < spec.size("test"):
+            lines.add(f"- data: the first {train:,} of {spec.size('train'):,} training and {test:,} of "
+                      f"{spec.size('test'):,} test images (train_limit / test_limit); accuracies below are on "
+                      "that part of the test set")
+        if held:
+            lines.add(f"- validation: {held:,} of those {train:,} training images held out (val_split), "
+                      f"so {train - held:,} trained on; settings are chosen on validation accuracy")
+    return sorted(lines)
 
 
 def dynamics_lines(study_dir: Path, summary: dict) -> list[str]:

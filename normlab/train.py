@@ -23,7 +23,7 @@ from .augment import random_affine
 from .checkpoint import save_checkpoint
 from .config import ExperimentConfig
 from .dynamics import DynamicsRecorder, recorded_steps
-from .errors import DamagedError, DivergedError, NormlabError, notice
+from .errors import DamagedError, DivergedError, NormlabError, first_line, notice
 from .fileio import atomic_write_json, read_json
 from .model import Net, count_parameters
 from .recovery import inspect_experiment, repair_views, status_view, write_views
@@ -209,7 +209,7 @@ class Experiment:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise DamagedError(f"{self.dir / CHECKPOINT} is damaged (its state does not fit this experiment: "
                                f"{first}); restore it, or delete {self.dir} and run the study again with "
                                "--resume to retrain that experiment.") from None

@@ -94,11 +94,11 @@ def test_a_lost_or_damaged_dynamics_view_is_rebuilt_from_the_checkpoint(tmp_path
 
 def test_a_run_that_diverges_keeps_the_dynamics_of_the_epoch_that_diverged(tmp_path):
     """The checkpoint keeps the last good epoch; the rows recorded up to the divergence stay, to show what grew."""
-    from normlab.runner import train_epoch_task
+    from normlab.execution import EpochTask, Status, run_epoch_task
 
     cfg = ExperimentConfig(name="d", norm="none", lr=1e6, **SMALL)
-    r = train_epoch_task(cfg.to_dict(), str(tmp_path / cfg.dirname), "cpu")
-    assert r["status"] == "diverged"
+    r = run_epoch_task(EpochTask(cfg.dirname, cfg.to_dict(), str(tmp_path / cfg.dirname), "cpu"))
+    assert r.status is Status.DIVERGED
     rows = read_dynamics(tmp_path / cfg.dirname / DYNAMICS)
     assert rows and {r["epoch"] for r in rows} == {1}
     assert any(not math.isfinite(r["value"]) or r["value"] > 1e3 for r in rows)

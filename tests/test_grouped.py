@@ -8,7 +8,10 @@ import torch
 from normlab.cli import main
 from normlab.config import ExperimentConfig
 from normlab.errors import DivergedError
-from normlab.grouped import GroupedEpoch, group_key, make_groups
+from normlab.config import step_key
+from normlab.execution import Pending
+from normlab.execution.schedule import make_groups
+from normlab.grouped import GroupedEpoch
 from normlab.results import read_dynamics, read_metrics
 from normlab.train import Experiment
 
@@ -23,10 +26,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_only_experiments_that_can_share_a_step_are_grouped():
     a = ExperimentConfig(name="a", seed=1, lr=0.1, l1=1e-4)
     b = ExperimentConfig(name="b", seed=2, lr=0.5, l2=1e-3, momentum=0.8)
-    assert group_key(a) == group_key(b)
-    todo = {"a": (a, 0), "b": (b, 0), "c": (ExperimentConfig(name="c", norm="gn"), 0),
-            "d": (ExperimentConfig(name="d", batch_size=64), 0), "e": (ExperimentConfig(name="e", seed=5), 1)}
-    assert sorted(map(sorted, make_groups(todo))) == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert step_key(a) == step_key(b)
+    pending = {"a": Pending(a, 0), "b": Pending(b, 0), "c": Pending(ExperimentConfig(name="c", norm="gn"), 0),
+               "d": Pending(ExperimentConfig(name="d", batch_size=64), 0),
+               "e": Pending(ExperimentConfig(name="e", seed=5), 1)}
+    assert sorted(map(sorted, make_groups(pending))) == [["a", "b"], ["c"], ["d"], ["e"]]
 
 
 def _separate_and_grouped(tmp_path, cfgs: list[ExperimentConfig]) -> tuple[dict, dict]:

@@ -150,7 +150,7 @@ def test_a_grid_over_other_settings_runs_exactly_the_product_and_reports_interva
     report = (out / "report.md").read_text()
     assert "## Differences (95% confidence intervals)" in report
     rows = [line for line in report.splitlines() if line.startswith("| ln-momentum") and " to " in line]
-    assert "only the first 128 training and 64 test images" in report
+    assert "the first 128 of 60,000 training and 64 of 10,000 test images" in report
     assert any("| momentum |" in r for r in rows) and any("| shear |" in r for r in rows)
     # momentum is a real setting: it changes the training (OneCycleLR would otherwise override it)
     by_momentum = {e["momentum"]: e["final_train_loss"] for e in summary["experiments"]

@@ -1,0 +1,47 @@
+"""The scheduling policy every executor shares.
+
+Least advanced first: the experiment with the fewest epochs on disk and not in flight goes next
+(ties: study order), so all advance together and an interrupted study leaves its experiments
+equally far along. Seed rounds: with several seeds the local executor runs the whole study seed
+after seed, so an interruption leaves complete seeds behind and each round's wall time is one
+study's. Groups: experiments that can share a step (the grouped executor) differ only in FREE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..config import ExperimentConfig, step_key
+from .task import Pending
+
+
+def next_experiment(pending: dict[str, Pending], in_flight: set[str]) -> str | None:
+    """The least advanced experiment not in flight (ties: study order)."""
+    free = [(p.done, i, name) for i, (name, p) in enumerate(pending.items()) if name not in in_flight]
+    return min(free)[2] if free else None
+
+
+def seed_rounds(configs: list[ExperimentConfig], pending: dict[str, Pending],
+                workers: int) -> Iterator[tuple[int | None, dict[str, Pending]]]:
+    """(seed, the pending experiments of that seed) in the order the seeds were given.
+
+    One round (seed None) when there is one seed, or when a seed has fewer experiments than
+    there are workers: rounds would leave cores idle.
+    """
+    seeds = list(dict.fromkeys(cfg.seed for cfg in configs))
+    if len(seeds) == 1 or len(configs) < workers * len(seeds):
+        if pending:
+            yield None, dict(pending)
+        return
+    for seed in seeds:
+        round_pending = {k: v for k, v in pending.items() if v.config.seed == seed}
+        if round_pending:
+            yield seed, round_pending
+
+
+def make_groups(pending: dict[str, Pending]) -> list[list[str]]:
+    """Names of `pending` grouped by step-sharing key and progress."""
+    groups: dict[tuple, list[str]] = {}
+    for name, p in pending.items():
+        groups.setdefault((step_key(p.config), p.done), []).append(name)
+    return list(groups.values())

@@ -1,0 +1,107 @@
+"""One epoch of one experiment as a task, its typed result, and the one way an error becomes a result."""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..config import ExperimentConfig
+from ..errors import DamagedError, DivergedError, NormlabError, first_line, os_error_fix
+
+
+class Status(str, enum.Enum):
+    """Where an experiment stands after a task. The values are what status.json and summary.json spell."""
+
+    RUNNING = "running"  # an epoch landed; more to train
+    DONE = "done"  # every epoch and the misclassified pass on disk
+    DIVERGED = "diverged"  # a non-finite loss stopped it; its last good epoch is kept
+    DAMAGED = "damaged"  # a file that cannot be trusted or rebuilt
+    FAILED = "failed"  # this run could not train it; what is on disk stays, --resume continues
+
+
+@dataclass
+class Pending:
+    """An experiment still to train: its config and the epochs already on disk."""
+
+    config: ExperimentConfig
+    done: int = 0
+
+
+@dataclass(frozen=True)
+class EpochTask:
+    """What a worker needs to train one epoch of one experiment: plain, picklable values."""
+
+    name: str  # the experiment's directory name
+    config: dict
+    directory: str
+    device: str
+
+
+@dataclass
+class EpochResult:
+    name: str
+    status: Status
+    epoch: int = 0  # epochs on disk after the task
+    metrics: dict | None = None  # the epoch that landed, if one did
+    message: str = ""  # for DIVERGED, DAMAGED and FAILED: one sentence
+    traceback: str | None = None  # for a bug: where it happened
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more to do for this experiment in this run."""
+        return self.status is not Status.RUNNING
+
+
+class Executor(Protocol):
+    seed_rounds: bool  # True: run a several-seed study seed after seed (the local executor)
+
+    def run(self, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
+        """Train every pending experiment to its end (or failure); one final result each."""
+
+
+def result_from_exception(name: str, error: BaseException, epoch: int = 0) -> EpochResult:
+    """The one place an exception becomes a result: damage, the user's environment (a normlab
+    sentence or an OS error: no traceback), or a bug (with its traceback). Never raises."""
+    if isinstance(error, DamagedError):
+        return EpochResult(name, Status.DAMAGED, epoch, message=str(error))
+    if isinstance(error, DivergedError):
+        return EpochResult(name, Status.DIVERGED, error.epoch, message=str(error))
+    if isinstance(error, NormlabError):
+        return EpochResult(name, Status.FAILED, epoch, message=str(error))
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if getattr(error, "filename", None) else ""
+        return EpochResult(name, Status.FAILED, epoch, message=f"cannot access{where} ({error.strerror or error}); "
+                           f"{os_error_fix(error)}.")
+    return EpochResult(name, Status.FAILED, epoch, message=f"{type(error).__name__}: {first_line(error, 300)}",
+                       traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)))
+
+
+def run_epoch_task(task: EpochTask) -> EpochResult:
+    """One epoch of one experiment, from its files to its files; every failure becomes a result.
+
+    An experiment whose epochs are all on disk gets only its misclassified pass.
+    """
+    from ..train import Experiment  # the training stack is heavy; a worker imports it once
+
+    epoch = 0
+    try:
+        cfg = ExperimentConfig.from_dict(task.config)
+        exp = Experiment(cfg, Path(task.directory), device=task.device, resume=True)
+        epoch = exp.epoch
+        metrics = None
+        if exp.epoch < cfg.epochs:
+            try:
+                metrics = exp.run_epoch().__dict__
+            except DivergedError as e:
+                exp.diverged(e)
+                return result_from_exception(task.name, e)
+        if exp.epoch >= cfg.epochs:
+            exp.finish()
+            return EpochResult(task.name, Status.DONE, exp.epoch, metrics)
+        return EpochResult(task.name, Status.RUNNING, exp.epoch, metrics)
+    except Exception as e:  # every failure of this one experiment: the study goes on
+        return result_from_exception(task.name, e, epoch)
