@@ -13,6 +13,7 @@ from . import __version__
 from .config import SETTINGS, ExperimentConfig
 from .data import DATASETS
 from .errors import ConfigError, NormlabError, notice, os_error_fix
+from .interrupts import interrupts_raise_keyboard_interrupt
 from .results import DAMAGED, DIVERGED
 from .studies import presets
 from .zoo import NORMS
@@ -299,10 +300,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      grouped=args.grouped)
 
 
+INTERRUPTED = {
+    "run": "every finished epoch is saved. Continue with the same command and --resume.",
+    "train": "every finished epoch is saved. Continue with the same command and --resume.",
+    "report": "each figure and report.md is whole, the previous version or the new one; run it again to finish.",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with interrupts_raise_keyboard_interrupt(restore_after_interrupt=False):
+            return args.func(args)
     except ConfigError as e:  # worded for Python (groups=3); here the flag is named (--groups 3)
         print(f"normlab: error: {e.for_cli()}", file=sys.stderr)
         return EXIT_USAGE
@@ -318,6 +327,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normlab: error: cannot access{where} ({e.strerror or e}); {os_error_fix(e)}.", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("normlab: interrupted; every finished epoch is saved. Continue with the same command "
-              "and --resume.", file=sys.stderr)
+        print(f"normlab: interrupted; {INTERRUPTED.get(args.command, 'nothing was left half-written.')}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED

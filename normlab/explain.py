@@ -108,11 +108,14 @@ def zoo_lines() -> list[str]:
     from .model import Net, count_parameters
 
     lines = ["", "== The norm zoo (normlab/zoo.py): every --norm ==",
-             f"  {'name':<11} {'block':<34} {'Net params':>10}  {'batch-independent':<17}  implementation"]
+             "(params: of Net with this norm; 'plain last': with --last-norm false, the 1x1 block after global",
+             "pooling left as Conv -> ReLU -> Dropout)",
+             f"  {'name':<11} {'block':<34} {'params':>6} {'plain last':>10}  {'batch-independent':<17}  implementation"]
     for name, e in NORMS.items():
         conv = "WSConv" if e.slot == "conv" else "Conv"
         block = f"{conv} -> {'NormAct' if e.slot == NORM_ACT else 'ReLU -> Norm'} -> Dropout"
-        lines.append(f"  {name:<11} {block:<34} {count_parameters(Net(name)):>10,}  "
+        lines.append(f"  {name:<11} {block:<34} {count_parameters(Net(name)):>6,} "
+                     f"{count_parameters(Net(name, last_norm=False)):>10,}  "
                      f"{'yes' if e.batch_independent else 'no':<17}  {e.source}")
     c = X.shape[1]
     ones, zeros = torch.ones(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
@@ -120,12 +123,15 @@ def zoo_lines() -> list[str]:
         ln2d = _affine(create_norm_layer("ln2d", c).double())
         frn = _affine(create_norm_layer("frn", c).double())
         evo = _affine(create_norm_layer("evonorm-s0", c, groups=GN_GROUPS).double())
+        frn_eps = _affine(create_norm_layer("frn-eps", c).double())
 
         std_conv = StdConv2d(c, 2, 2, padding=0, bias=False).double()
         std_conv.weight.copy_(torch.arange(32, dtype=torch.float64).reshape(2, c, 2, 2).sin())
         checks = [
             ("ln2d", ln2d(X), norms.layer_norm_2d(X, GAMMA, BETA, eps=ln2d.eps).output, TOLERANCE),
             ("frn", frn(X), norms.filter_response_norm(X, GAMMA, BETA, zeros, eps=frn.eps).output, 1e-6),
+            ("frn-eps", frn_eps(X), norms.filter_response_norm(X, GAMMA, BETA, zeros, eps=frn_eps.eps).output,
+             TOLERANCE),
             ("evonorm-s0", evo(X), norms.evonorm_s0(X, GN_GROUPS, GAMMA, BETA, ones, eps=evo.eps).output, 1e-6),
             ("ws-gn's conv", std_conv(X),
              torch.nn.functional.conv2d(X, norms.standardize_weight(std_conv.weight, std_conv.eps)), TOLERANCE),

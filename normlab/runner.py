@@ -17,12 +17,9 @@ the lock is released; a second signal during that cleanup is ignored, not a trac
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +29,7 @@ from .errors import NormlabError, notice
 from .execution import EpochResult, Pending, Progress, Status
 from .execution.schedule import seed_rounds
 from .fileio import directory_lock, remove_temp_files
+from .interrupts import interrupts_raise_keyboard_interrupt
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
 from .studies import Study
 from .summary import load_study_meta, machine_description, save_study_meta, write_summary
@@ -79,7 +77,8 @@ def cap_workers(workers: int | None, experiments: int, notify: Callable[[str], N
     return n
 
 
-def choose_executor(kind: str, grouped: str, device: str, workers: int, address: str | None):
+def choose_executor(kind: str, grouped: str, device: str, workers: int, address: str | None,
+                    experiments: list[ExperimentConfig] | None = None):
     """The one place an executor is picked: `--executor`, `--grouped` and the device decide."""
     from .execution.grouped import GroupedExecutor
     from .execution.local import LocalExecutor
@@ -91,33 +90,8 @@ def choose_executor(kind: str, grouped: str, device: str, workers: int, address:
                                "drop one of them.")
         return RayExecutor(device, address)
     if grouped == "on" or (grouped == "auto" and device.startswith("cuda")):
-        return GroupedExecutor(device)
+        return GroupedExecutor(device, experiments)
     return LocalExecutor(workers, device)
-
-
-@contextlib.contextmanager
-def interrupts_end_the_study() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does; the first of any of them makes
-    the rest ignored until the study has cleaned up. Signal handlers exist only in the main thread:
-    elsewhere (a notebook's worker thread) the caller handles interrupts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    watched = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    previous = {s: signal.getsignal(s) for s in watched}
-
-    def interrupt(signum, frame):
-        for s in watched:
-            signal.signal(s, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    for s in watched:
-        signal.signal(s, interrupt)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
@@ -134,7 +108,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     from .tensorboard import TensorBoardExport
 
     out = Path(out)
-    with interrupts_end_the_study(), directory_lock(out):
+    with interrupts_raise_keyboard_interrupt(), directory_lock(out):
         for d in (out, *(out / cfg.dirname for cfg in study.experiments)):
             remove_temp_files(d)  # left by a process killed mid-write; nothing else writes here now
         states = plan_study(study, out, resume)
@@ -154,7 +128,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         pending = {cfg.dirname: Pending(cfg, states[cfg.dirname].epoch) for cfg in study.experiments
                    if states[cfg.dirname].to_train}
         workers = cap_workers(workers, len(pending), notify)
-        runner = choose_executor(executor, grouped, device, workers, address)
+        runner = choose_executor(executor, grouped, device, workers, address, study.experiments)
         export = TensorBoardExport(out) if tensorboard else None  # a missing package fails before training
         progress = Progress(quiet, on_epoch, export.epoch if export else None)
         start = time.perf_counter()

@@ -13,6 +13,7 @@ from conftest import science
 
 import normlab
 from normlab.cli import main
+from normlab.studies import presets
 from normlab.train import evaluate, load_data
 
 TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64"]
@@ -75,7 +76,7 @@ def test_dry_run_lists_the_grid_without_training(tmp_path, capsys):
     (["train", "--norm", "bn", "--l2", "-1"], "--l2 -1.0 must be zero or positive"),
     (["train", "--norm", "bn", "--test-limit", "-5"], "--test-limit -5 must be a positive integer"),
     (["train", "--norm", "bn", "--dataset", "cifar"], "--dataset cifar is not a known dataset; choose one of: mnist, fashion-mnist"),
-    (["run", "nope"], "unknown study 'nope'; choose one of: batch-size, gn-groups, grid15, lr-range, mission, zoo"),
+    (["run", "nope"], "unknown study 'nope'; choose one of: " + ", ".join(presets())),
     (["run", "missing.toml"], "study file missing.toml does not exist"),
     (["train", "--lr", "0.1"], "normlab train needs --norm"),
     (["train", "--norm", "bn", "--lr", "0.1", "0.2"], "--lr has 2 values; use normlab run for a grid"),

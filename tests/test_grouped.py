@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from normlab.cli import main
-from normlab.config import ExperimentConfig
+from normlab.config import ExperimentConfig, step_key
 from normlab.errors import DivergedError
-from normlab.config import step_key
-from normlab.execution import Pending
-from normlab.execution.schedule import make_groups
+from normlab.execution.schedule import step_classes
 from normlab.grouped import GroupedEpoch
 from normlab.results import read_dynamics, read_metrics
 from normlab.train import Experiment
@@ -27,10 +25,9 @@ def test_only_experiments_that_can_share_a_step_are_grouped():
     a = ExperimentConfig(name="a", seed=1, lr=0.1, l1=1e-4)
     b = ExperimentConfig(name="b", seed=2, lr=0.5, l2=1e-3, momentum=0.8)
     assert step_key(a) == step_key(b)
-    pending = {"a": Pending(a, 0), "b": Pending(b, 0), "c": Pending(ExperimentConfig(name="c", norm="gn"), 0),
-               "d": Pending(ExperimentConfig(name="d", batch_size=64), 0),
-               "e": Pending(ExperimentConfig(name="e", seed=5), 1)}
-    assert sorted(map(sorted, make_groups(pending))) == [["a", "b"], ["c"], ["d"], ["e"]]
+    configs = [a, b, ExperimentConfig(name="c", norm="gn"), ExperimentConfig(name="d", batch_size=64),
+               ExperimentConfig(name="e", seed=5)]
+    assert step_classes(configs) == [["a-seed1", "b-seed2", "e-seed5"], ["c-seed1"], ["d-seed1"]]
 
 
 def _separate_and_grouped(tmp_path, cfgs: list[ExperimentConfig]) -> tuple[dict, dict]:
@@ -85,6 +82,18 @@ def test_a_group_of_three_equals_three_separate_runs(tmp_path, float64):
     separate, grouped = _separate_and_grouped(tmp_path, cfgs)
     for name in separate:
         _assert_same_run(separate[name], grouped[name])
+
+
+def test_with_dropout_each_member_draws_the_masks_of_its_separate_run(tmp_path, float64):
+    """Dropout masks come from each member's own generator, so with dropout on a member still
+    equals its separate run, and never depends on who else is in its group."""
+    cfgs = [ExperimentConfig(name="m", seed=s, lr=lr, l1=l1, l2=l2, momentum=m, **{**SMALL, "dropout": 0.1})
+            for s, lr, l1, l2, m in MEMBERS[:2]]
+    separate, grouped = _separate_and_grouped(tmp_path, cfgs)
+    for name in separate:
+        _assert_same_run(separate[name], grouped[name])
+    _, alone = _separate_and_grouped(tmp_path / "alone", cfgs[1:])  # the same member in a group of one
+    _assert_same_run(alone[cfgs[1].dirname], grouped[cfgs[1].dirname])
 
 
 def test_members_after_one_that_diverged_keep_their_own_data_and_numbers(tmp_path, float64):

@@ -39,9 +39,10 @@ def seed_rounds(configs: list[ExperimentConfig], pending: dict[str, Pending],
             yield seed, round_pending
 
 
-def make_groups(pending: dict[str, Pending]) -> list[list[str]]:
-    """Names of `pending` grouped by step-sharing key and progress."""
-    groups: dict[tuple, list[str]] = {}
-    for name, p in pending.items():
-        groups.setdefault((step_key(p.config), p.done), []).append(name)
-    return list(groups.values())
+def step_classes(configs: list[ExperimentConfig]) -> list[list[str]]:
+    """Directory names of `configs` by step-sharing key, in study order: the grouped executor's
+    fixed line-ups (a member's slot does not change with its siblings' progress)."""
+    classes: dict[tuple, list[str]] = {}
+    for cfg in configs:
+        classes.setdefault(step_key(cfg), []).append(cfg.dirname)
+    return list(classes.values())

@@ -1,0 +1,53 @@
+"""Ctrl-C, SIGTERM and SIGHUP end normlab the same way, once.
+
+A terminal sends SIGINT (or SIGHUP when it closes), `timeout`, systemd and batch schedulers send
+SIGTERM; each becomes a KeyboardInterrupt, so a study stops its workers, keeps every finished
+epoch and writes its summary, and a report stops between files. The first signal makes the next
+ones ignored until normlab has finished that cleanup, so a second Ctrl-C never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+@contextlib.contextmanager
+def interrupts_raise_keyboard_interrupt(restore_after_interrupt: bool = True) -> Iterator[None]:
+    """Within the block, the signals above raise KeyboardInterrupt once, then are ignored; the
+    previous handlers come back after it (after an interrupt only if `restore_after_interrupt`:
+    a command line that is about to exit keeps ignoring them). Only the main thread can handle
+    signals: elsewhere (a notebook's worker thread) this does nothing and the caller's own
+    handling stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    interrupted = False
+
+    def interrupt(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for s in SIGNALS:
+        signal.signal(s, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:  # raised here or by an inner handler: the same interrupt
+        interrupted = True
+        if not restore_after_interrupt:
+            for s in SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
+        raise
+    finally:
+        if restore_after_interrupt or not interrupted:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
