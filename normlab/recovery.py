@@ -57,6 +57,7 @@ class ExperimentState:
     checkpoint: dict | None = None
     repairs: list[tuple[str, str]] = field(default_factory=list)  # (file, why it is rebuilt)
     problem: str | None = None  # DAMAGED: one sentence naming the file and the fix
+    outdated: str | None = None  # DONE, but a view an earlier normlab wrote lacks what `run --resume` adds
 
     @property
     def epoch(self) -> int:
@@ -68,7 +69,8 @@ class ExperimentState:
 
     @property
     def to_train(self) -> bool:
-        return self.kind in (PENDING, RUNNING, FINISHING)
+        """Whether `run` has work here: epochs, the misclassified pass, or an outdated view to redo."""
+        return self.kind in (PENDING, RUNNING, FINISHING) or self.outdated is not None
 
     @property
     def status(self) -> str:
@@ -78,7 +80,8 @@ class ExperimentState:
     def describe(self) -> str:
         return {PENDING: "new", RUNNING: f"resumable at epoch {self.epoch}",
                 FINISHING: f"all {self.epoch} epochs trained; the misclassified pass is left",
-                DONE: "done", DIVERGED: f"diverged (epoch {self.checkpoint and (self.checkpoint['diverged'] or {}).get('epoch')})",
+                DONE: "done" + (f" ({self.outdated}: its misclassified pass runs again)" if self.outdated else ""),
+                DIVERGED: f"diverged (epoch {self.checkpoint and (self.checkpoint['diverged'] or {}).get('epoch')})",
                 DAMAGED: f"damaged: {self.problem}"}[self.kind]
 
 
@@ -222,7 +225,10 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     status = read_json_file(d / STATUS)
     if status.value != status_view(state, kind):
         repairs.append((STATUS, status.problem or "it did not match its checkpoint"))
-    return ExperimentState(d, kind, config=cfg, checkpoint=state, repairs=repairs)
+    outdated = None
+    if kind == DONE and not isinstance(misclassified.value.get("wrong_indices"), list):
+        outdated = f"{MISCLASSIFIED} predates its list of every wrong test image"
+    return ExperimentState(d, kind, config=cfg, checkpoint=state, repairs=repairs, outdated=outdated)
 
 
 def _without_checkpoint(d: Path, wanted: dict | None, config_read: Read) -> ExperimentState:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import SETTINGS
+from .comparisons import comparison_lines, test_size
 from .errors import DamagedError, NormlabError, notice
 from .fileio import atomic_write_text, directory_lock
 from .plot_dynamics import FIGURES, MAX_PANELS, dynamics_by_name, plot_dynamics
@@ -26,7 +26,7 @@ from .plots import (
 )
 from .recovery import FINISHING, inspect_experiment, repair_views
 from .results import DAMAGED, STUDY, SUMMARY, read_metrics
-from .stats import mean_interval, welch_difference
+from .stats import mean_interval, sampling_error
 from .summary import load_study_meta, save_study_meta, study_experiments, write_summary
 
 
@@ -59,7 +59,9 @@ def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
             finals = [e["final_test_accuracy"] for e in done]
             row["final_mean"], row["final_std"] = mean_std(finals)
             row["final_min"], row["final_max"] = min(finals), max(finals)
-            row["final_ci"] = mean_interval(finals)
+            row["n_test"] = test_size(entries[0])
+            row["final_ci"] = mean_interval(finals, row["n_test"])
+            row["test_se"] = sampling_error(statistics.fmean(finals), row["n_test"])
             row["finals"] = finals
             row["best_mean"], _ = mean_std([e["best_test_accuracy"] for e in done])
             row["loss_mean"], row["loss_std"] = mean_std([e["final_test_loss"] for e in done])
@@ -75,57 +77,10 @@ def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
     return rows
 
 
-def _ci(ci: tuple[float, float] | None) -> str:
-    return f"{ci[0]:.2f} to {ci[1]:.2f}" if ci else "–"
-
-
-def comparisons(summary: dict) -> list[dict]:
-    """Each pair of experiment names that differ in one setting (in a study of at most six names,
-    every pair), with the Welch 95% interval of the difference of their mean final accuracies."""
-    rows = [r for r in aggregate(summary) if r["done"] >= 2]
-    numeric, categorical = varying_settings(summary)
-    axes = [k for k in SETTINGS if k in numeric or k in categorical]  # a setting that follows another counts with it
-    out = []
-    for i, a in enumerate(rows):
-        for b in rows[i + 1:]:
-            differs = [k for k in axes if a["entry"].get(k) != b["entry"].get(k)]
-            if not differs or (len(differs) > 1 and len(rows) > 6):
-                continue
-            diff = welch_difference(a["finals"], b["finals"])
-            if diff is not None:
-                out.append({"a": a["name"], "b": b["name"], "differs": differs, "difference": diff})
-    return out
-
-
-MAX_LISTED_COMPARISONS = 40  # beyond this, only the distinguishable pairs are listed
-
-
-def comparison_lines(summary: dict) -> list[str]:
-    """report.md's section of differences, each with its interval and verdict. A large grid lists
-    only the pairs whose interval excludes 0, and says how many others there were."""
-    found = comparisons(summary)
-    if not found:
-        return []
-    hidden = 0
-    if len(found) > MAX_LISTED_COMPARISONS:
-        shown = [c for c in found if c["difference"].low > 0 or c["difference"].high < 0]
-        hidden, found = len(found) - len(shown), shown
-        caution = (f" With {hidden + len(shown)} pairs and no correction for multiple comparisons, about 5% "
-                   "of pairs that do not really differ are listed by chance.")
-    lines = ["", "## Differences (95% confidence intervals)", "",
-             "Difference of mean final test accuracy, in points, with Welch's t interval over seeds "
-             "(`scipy.stats.ttest_ind(equal_var=False)`); an interval that holds 0 means the two are not "
-             "distinguishable with this many seeds. A setting that follows another one to one (the batch-size "
-             "study's LR) counts with it.", "",
-             "| A | B | differs in | A − B | 95% CI | verdict |", "|---|---|---|---:|---:|---|"]
-    for c in found:
-        d = c["difference"]
-        lines.append(f"| {c['a']} | {c['b']} | {', '.join(c['differs'])} | {d.difference:+.3f} | "
-                     f"{d.low:+.3f} to {d.high:+.3f} | {d.verdict(c['a'], c['b'])} |")
-    if hidden:
-        lines += ["", f"{hidden} more pairs that differ in one setting are not distinguishable with these "
-                  "seeds and are not listed." + caution]
-    return lines
+def _ci(ci: tuple[float, float] | None, n: int) -> str:
+    if ci is None:
+        return "n too small" if n > 1 else "–"
+    return f"{ci[0]:.2f} to {ci[1]:.2f}" if ci[0] != ci[1] else "(all equal)"
 
 
 TOLERANCE_POINTS = 0.5
@@ -146,17 +101,36 @@ def tolerance_lines(summary: dict, key: str) -> list[str]:
             diverged[s][e.get(key)] += 1
     if not series or max(len(v) for v in series.values()) < 2:
         return []
+    val = defaultdict(lambda: defaultdict(list))
+    for e in summary["experiments"]:
+        if e["status"] == "done" and e.get("final_val_accuracy") is not None:
+            val[series_label(e, categorical)][e.get(key)].append(e["final_val_accuracy"])
+    with_val = bool(val)
     lines = ["", f"## Range of {key} within {TOLERANCE_POINTS} points of each one's best", "",
              f"Mean final test accuracy over seeds at each {key}; the range holds every value whose mean is "
              f"within {TOLERANCE_POINTS} points of that row's best (a gap inside it is named). A value where "
              "any seed diverged is never in the range, and never the best.", "",
              f"| series | best {key} | best mean accuracy | {key} range within {TOLERANCE_POINTS} | "
-             f"values in range | diverged runs (at {key}) |", "|---|---:|---:|---|---:|---|"]
+             f"values in range | diverged runs (at {key}) |" + (f" {key} chosen on validation | its test accuracy |"
+                                                                 if with_val else ""),
+             "|---|---:|---:|---|---:|---|" + ("---:|---:|" if with_val else "")]
+    if with_val:
+        lines[3] += (f" The last two columns tune as a study should: {key} chosen by the highest mean validation "
+                     "accuracy (the held-out training images), and the test accuracy there (mean over seeds) — the "
+                     "number to report; the best test accuracy beside it was chosen on the test set itself.")
     for s in sorted(set(series) | set(diverged)):
         means = {x: statistics.fmean(v) for x, v in series[s].items() if not diverged[s].get(x)}
         lost = ", ".join(f"{n} at {x:g}" for x, n in sorted(diverged[s].items())) or "none"
+        chosen = ""
+        if with_val:
+            val_means = {x: statistics.fmean(v) for x, v in val[s].items() if not diverged[s].get(x)}
+            if val_means:
+                pick = max(val_means, key=val_means.get)
+                chosen = f" {pick:g} | {statistics.fmean(series[s][pick]):.2f} |"
+            else:
+                chosen = " – | – |"
         if not means:
-            lines.append(f"| {s} | – | – | – | 0 | {lost} |")
+            lines.append(f"| {s} | – | – | – | 0 | {lost} |" + chosen)
             continue
         best = max(means, key=means.get)
         good = sorted(x for x, m in means.items() if m >= means[best] - TOLERANCE_POINTS)
@@ -166,7 +140,7 @@ def tolerance_lines(summary: dict, key: str) -> list[str]:
         span = f"{good[0]:g} to {good[-1]:g}" if len(good) > 1 else f"{good[0]:g} only"
         if gap:
             span += " (not " + ", ".join(f"{x:g}" for x in gap) + ")"
-        lines.append(f"| {s} | {best:g} | {means[best]:.2f} | {span} | {len(good)} of {len(every)} | {lost} |")
+        lines.append(f"| {s} | {best:g} | {means[best]:.2f} | {span} | {len(good)} of {len(every)} | {lost} |" + chosen)
     return lines
 
 
@@ -360,11 +334,14 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
         "## Results",
         "",
         "Accuracies in %, on the test set after the last epoch. With several seeds: mean ± sample "
-        "standard deviation, the 95% confidence interval of the mean (t), and the min–max range.",
+        "standard deviation; a 95% interval for the typical accuracy (the t interval of the mean logit error "
+        "rate, transformed back, so it stays within 0–100; from three seeds on); the min–max range; and the "
+        "test set's own standard error at that accuracy (binomial: how far the same models could score on "
+        "another test set of the same size).",
         "",
-        f"| name | model | params | seeds | final accuracy | 95% CI | min–max | best accuracy | final test loss "
-        f"| epochs to {TARGET_ACCURACY}% | seconds to {TARGET_ACCURACY}% | train s | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| name | model | params | seeds | final accuracy | 95% CI | min–max | test-set SE | best accuracy "
+        f"| final test loss | epochs to {TARGET_ACCURACY}% | seconds to {TARGET_ACCURACY}% | train s | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in aggregate(summary, study_dir):
         e = r["entry"]
@@ -379,18 +356,18 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
                 reach, secs = "not reached", "–"
             lines.append(
                 f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | {n} | "
-                f"{_pm(r['final_mean'], r['final_std'], n)} | {_ci(r.get('final_ci'))} | "
-                f"{r['final_min']:.2f}–{r['final_max']:.2f} | "
+                f"{_pm(r['final_mean'], r['final_std'], n)} | {_ci(r.get('final_ci'), n)} | "
+                f"{r['final_min']:.2f}–{r['final_max']:.2f} | ±{r['test_se']:.2f} | "
                 f"{r['best_mean']:.2f} | {_pm(r['loss_mean'], r['loss_std'], n, 4)} | {reach} | {secs} | "
                 f"{r['seconds_mean']:.0f} | {', '.join(r['statuses'])} |")
         else:
-            lines.append(f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | 0 | – | – | – | – | – | – | – | – "
+            lines.append(f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | 0 | – | – | – | – | – | – | – | – | – "
                          f"| {', '.join(r['statuses'])} |")
     numeric, _ = varying_settings(summary)
     if len(numeric) == 1:
         lines += tolerance_lines(summary, numeric[0])
     lines += dynamics_lines(study_dir, summary)
-    lines += comparison_lines(summary)
+    lines += comparison_lines(study_dir, summary, summary.get("families"))
     problems = [e for e in summary["experiments"] if e["status"] not in ("done",)]
     if problems:
         lines += ["", "## Not finished", ""]

@@ -119,14 +119,19 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                    if (d := ExperimentConfig.from_dict(c).dirname) not in ours and (out / d).is_dir()]
         meta.update(study=study.name, description=study.description,
                     experiments=earlier + [cfg.to_dict() for cfg in study.experiments])
+        if study.families:
+            meta["families"] = study.families
         for name, state in states.items():
             repair_views(state, notify)
             if state.kind == FINISHING:
                 notify(f"{name}: every epoch is on disk; its misclassified pass runs again to write "
                        "misclassified.json.")
+            elif state.outdated:
+                notify(f"{name}: {state.outdated}; its misclassified pass runs again to add it.")
         save_study_meta(out, meta)
         pending = {cfg.dirname: Pending(cfg, states[cfg.dirname].epoch) for cfg in study.experiments
                    if states[cfg.dirname].to_train}
+        trains = any(p.done < p.config.epochs for p in pending.values())
         workers = cap_workers(workers, len(pending), notify)
         runner = choose_executor(executor, grouped, device, workers, address, study.experiments)
         export = TensorBoardExport(out) if tensorboard else None  # a missing package fails before training
@@ -153,8 +158,9 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                 if not interrupted:
                     export.catch_up([cfg.dirname for cfg in study.experiments])
                 export.close()
-            _record_wall(meta, start)
-            meta.update(machine=machine_description(device), workers=workers)
+            if trains:  # a resume that only writes files keeps the record of the machine that trained
+                _record_wall(meta, start)
+                meta.update(machine=machine_description(device), workers=workers)
             save_study_meta(out, meta)
             summary = write_summary(out, meta)
         if interrupted:

@@ -43,14 +43,7 @@ class Study:
     experiments: list[ExperimentConfig] = field(default_factory=list)
     description: str = ""
     warnings: list[str] = field(default_factory=list)  # e.g. an override that a name template hides
-
-    @property
-    def dataset(self) -> str:
-        return self.experiments[0].dataset
-
-    @property
-    def epochs(self) -> int:
-        return max(e.epochs for e in self.experiments)
+    families: list[dict] = field(default_factory=list)  # the comparisons its report makes (normlab.comparisons)
 
 
 def presets() -> list[str]:
@@ -93,6 +86,7 @@ class StudySpec:
     grids: list[dict] = field(default_factory=lambda: [{}])
     base: dict = field(default_factory=dict)
     source: str = "the command line"
+    families: list[dict] = field(default_factory=list)
 
 
 def read_study_file(study: str | Path) -> StudySpec:
@@ -105,7 +99,7 @@ def read_study_file(study: str | Path) -> StudySpec:
         raise NormlabError(f"{path} is not valid TOML ({e}); fix the file.") from None
     except OSError as e:
         raise NormlabError(f"cannot read study file {path} ({e.strerror}).") from None
-    _check_keys(str(path), doc, ("description", "base", "grid"))
+    _check_keys(str(path), doc, ("description", "base", "grid", "family"))
     base = doc.get("base", {})
     grids = doc.get("grid", [])
     if not isinstance(base, dict) or not isinstance(grids, list) or not grids \
@@ -124,7 +118,32 @@ def read_study_file(study: str | Path) -> StudySpec:
         if "name" in grid and not isinstance(grid["name"], str):
             raise NormlabError(f"{path} [[grid]] number {i}: name must be a string template like \"gn-g{{groups}}\".")
     return StudySpec(name=path.stem, description=str(doc.get("description", "")), grids=grids, base=base,
-                     source=str(path))
+                     source=str(path), families=_read_families(path, doc.get("family", [])))
+
+
+FAMILY_KEYS = ("question", "differ_in", "among", "reference")
+
+
+def _read_families(path: Path, families) -> list[dict]:
+    """`[[family]]` tables: a question and which pairs answer it (normlab.comparisons)."""
+    if not isinstance(families, list) or not all(isinstance(f, dict) for f in families):
+        raise NormlabError(f"{path}: family must be a list of [[family]] tables.")
+    for i, family in enumerate(families, start=1):
+        where = f"{path} [[family]] number {i}"
+        _check_keys(where, family, FAMILY_KEYS)
+        if not isinstance(family.get("question"), str) or not family["question"].strip():
+            raise NormlabError(f"{where} needs a question, a sentence saying what the comparisons answer.")
+        if ("differ_in" in family) == ("among" in family):
+            raise NormlabError(f"{where} needs either differ_in = \"setting\" or among = [experiment names].")
+        if "differ_in" in family and family["differ_in"] not in SETTINGS:
+            raise NormlabError(f"{where}: differ_in = {family['differ_in']!r} is not a setting; known: "
+                               f"{', '.join(SETTINGS)}.")
+        if "among" in family and (not isinstance(family["among"], list) or len(family["among"]) < 2
+                                  or not all(isinstance(n, str) for n in family["among"])):
+            raise NormlabError(f"{where}: among must list two or more experiment names.")
+        if "reference" in family and (not isinstance(family["reference"], str) or "among" not in family):
+            raise NormlabError(f"{where}: reference must be one experiment name, given with among.")
+    return families
 
 
 def _product(table: dict) -> list[dict]:
@@ -234,7 +253,8 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
     warnings = [f"--{k.replace('_', '-')} overrides a setting that the study's grid sets and its experiment "
                 f"names do not show; the names (e.g. {experiments[0].name!r}) no longer describe it."
                 for k in hidden]
-    return Study(name=spec.name, experiments=experiments, description=spec.description, warnings=warnings)
+    return Study(name=spec.name, experiments=experiments, description=spec.description, warnings=warnings,
+                 families=spec.families)
 
 
 def _experiment(spec: StudySpec, settings: dict, overrides: dict) -> ExperimentConfig:

@@ -23,7 +23,7 @@ from .recovery import ExperimentState, inspect_experiment
 from .results import CHECKPOINT, CONFIG, DAMAGED, STUDY, SUMMARY, read_json_file
 
 STUDY_FIELDS = ("study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
-                "workers")
+                "workers", "families")
 
 
 def machine_description(device: str = "cpu") -> dict:
@@ -58,6 +58,7 @@ def meta_problem(meta: dict) -> str | None:
             re.fullmatch(r"seed \d+", str(k)) and _number(x) for k, x in v.items()),
         "machine": lambda v: isinstance(v, dict),
         "workers": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+        "families": lambda v: isinstance(v, list) and all(isinstance(f, dict) for f in v),
     }
     if not isinstance(meta.get("study"), str):
         return "it names no study"
@@ -144,6 +145,7 @@ def experiment_entry(study_dir: Path, state: ExperimentState) -> dict:
         "best_epoch": best["epoch"] if best else None,
         "final_test_loss": last["test_loss"] if last else None,
         "final_train_loss": last["train_loss"] if last else None,
+        **({"final_val_accuracy": last["val_accuracy"]} if last and "val_accuracy" in last else {}),
         "train_seconds": round(sum(r["seconds"] for r in rows), 2),
         "conv_weight_l1": conv_weight_l1(state),
         "checkpoint": os.path.relpath(state.dir / CHECKPOINT, study_dir) if rows else None,
@@ -174,6 +176,8 @@ def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | N
         "machine": meta.get("machine", {}),
         "workers": meta.get("workers"),
     }
+    if meta.get("families"):  # the questions the study file asks its report to answer
+        summary["families"] = meta["families"]
     if meta.get("round_wall_seconds"):
         summary["seed_rounds"] = [{"seed": int(k.split()[1]), "wall_seconds": v}
                                   for k, v in meta["round_wall_seconds"].items()]

@@ -114,3 +114,9 @@ def test_a_grid_names_the_settings_its_template_does_not_show():
     assert len(names) == len(set(names)) == 16
     init = [e.name for e in build_study("init", seeds=[1]).experiments]
     assert "none-init-he-bias-lr0.05" in init and "bn-lr0.2" in init and len(init) == 25
+
+
+def test_a_template_that_hides_a_varied_setting_gets_it_appended(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text('[[grid]]\nname = "same"\nnorm = ["bn", "gn"]\n')
+    assert [e.name for e in build_study(study).experiments] == ["same-bn", "same-gn"]

@@ -1,0 +1,230 @@
+"""Which comparisons a study's report makes, grouped into the families a reader asks about.
+
+A family answers one question and is corrected as one (Holm). A study file may declare its
+families (`[[family]]` tables: `question` plus `differ_in = "setting"`, or `among = [names]`
+with an optional `reference`); otherwise they follow the study's shape: every pair when it has at
+most six experiment names, else one family per varying setting (the pairs that differ in that
+setting alone). A study that varies one numeric setting and holds out a validation split adds the
+family its tuning asks for: each series at the value chosen on validation accuracy.
+Groups of one seed are compared image by image on the shared test set (McNemar), from the wrong
+test indices each misclassified.json lists.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import SETTINGS
+from .results import MISCLASSIFIED, read_json_file
+from .stats import (
+    Comparison,
+    Group,
+    Paired,
+    Pool,
+    compare,
+    correct_family,
+    holm,
+    mcnemar,
+    pooled_variance,
+)
+
+MAX_NAMES_FOR_EVERY_PAIR = 6
+MAX_LISTED = 40  # a larger family lists only its distinguishable comparisons
+
+
+@dataclass
+class Family:
+    question: str
+    comparisons: list[Comparison] = field(default_factory=list)
+    paired: list[Paired] = field(default_factory=list)
+    note: str = ""
+
+
+def test_size(entry: dict) -> int:
+    """How many test images an experiment was scored on."""
+    from .data import DATASETS
+
+    spec = DATASETS.get(entry.get("dataset"))
+    full = spec.size("test") if spec else 10000
+    return min(entry.get("test_limit") or full, full)
+
+
+def groups_of(summary: dict) -> dict[str, Group]:
+    """Each experiment name's finished runs."""
+    finals: dict[str, list[float]] = defaultdict(list)
+    entries: dict[str, dict] = {}
+    for e in summary["experiments"]:
+        if e["status"] == "done":
+            finals[e["name"]].append(e["final_test_accuracy"])
+            entries.setdefault(e["name"], e)
+    return {name: Group(name, values, test_size(entries[name])) for name, values in finals.items()}
+
+
+def _axes(summary: dict) -> list[str]:
+    from .plots import varying_settings  # a setting that follows another one to one counts with it
+
+    numeric, categorical = varying_settings(summary)
+    return [k for k in SETTINGS if k in numeric or k in categorical]
+
+
+def _entries_by_name(summary: dict) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for e in summary["experiments"]:
+        out.setdefault(e["name"], e)
+    return out
+
+
+def _pairs_differing_in(summary: dict, names: list[str], setting: str) -> list[tuple[str, str]]:
+    entries, axes = _entries_by_name(summary), _axes(summary)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            differs = [k for k in axes if entries[a].get(k) != entries[b].get(k)]
+            if differs == [setting]:
+                pairs.append((a, b))
+    return pairs
+
+
+def declared_pairs(summary: dict, names: list[str], spec: dict) -> list[tuple[str, str]]:
+    if "differ_in" in spec:
+        return _pairs_differing_in(summary, names, spec["differ_in"])
+    among = [n for n in spec.get("among", names) if n in names]
+    reference = spec.get("reference")
+    if reference:
+        return [(n, reference) for n in among if n != reference and reference in names]
+    return [(a, b) for i, a in enumerate(among) for b in among[i + 1:]]
+
+
+def default_families(summary: dict, names: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    if len(names) <= MAX_NAMES_FOR_EVERY_PAIR:
+        return [("every pair of experiments", [(a, b) for i, a in enumerate(names) for b in names[i + 1:]])]
+    out = []
+    for setting in _axes(summary):
+        pairs = _pairs_differing_in(summary, names, setting)
+        if pairs:
+            out.append((f"pairs that differ in {setting} alone", pairs))
+    return out
+
+
+def _wrong_indices(study_dir: Path, summary: dict, name: str) -> set[int] | None:
+    entry = next(e for e in summary["experiments"] if e["name"] == name and e["status"] == "done")
+    read = read_json_file(Path(study_dir) / entry["dir"] / MISCLASSIFIED)
+    wrong = read.value.get("wrong_indices") if read.ok else None
+    return set(wrong) if isinstance(wrong, list) else None
+
+
+def validation_choice(summary: dict) -> tuple[str, dict[str, str]] | None:
+    """(setting, series -> the experiment name chosen on validation) when the study varies one
+    numeric setting and every finished run has a validation accuracy: per series (the other
+    settings), the value whose mean validation accuracy is highest."""
+    from .plots import series_label, varying_settings
+
+    numeric, categorical = varying_settings(summary)
+    done = [e for e in summary["experiments"] if e["status"] == "done"]
+    if len(numeric) != 1 or not done or any(e.get("final_val_accuracy") is None for e in done):
+        return None
+    key = numeric[0]
+    by_series: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    diverged = {(series_label(e, categorical), e["name"]) for e in summary["experiments"] if e["status"] == "diverged"}
+    for e in done:
+        by_series[series_label(e, categorical)][e["name"]].append(e["final_val_accuracy"])
+    chosen = {}
+    for series, runs in by_series.items():
+        eligible = {n: statistics.fmean(v) for n, v in runs.items() if (series, n) not in diverged}
+        if eligible:
+            chosen[series] = max(eligible, key=eligible.get)
+    return key, chosen
+
+
+def study_families(study_dir: Path, summary: dict, declared: list[dict] | None = None) -> tuple[list[Family], Pool]:
+    """Every family of the study's report, each corrected (Holm) on its own."""
+    groups = groups_of(summary)
+    names = list(groups)
+    pool = pooled_variance(list(groups.values()))
+    specs = [(d.get("question", "declared"), declared_pairs(summary, names, d)) for d in declared] if declared \
+        else default_families(summary, names)
+    choice = validation_choice(summary)
+    if choice and len(choice[1]) > 1:
+        key, chosen = choice
+        picked = list(chosen.values())
+        specs.append((f"each series at its {key} chosen on validation accuracy",
+                      [(a, b) for i, a in enumerate(picked) for b in picked[i + 1:]]))
+    families = []
+    for question, pairs in specs:
+        family = Family(question)
+        single = [(a, b) for a, b in pairs if groups[a].n == 1 and groups[b].n == 1]
+        for a, b in pairs:
+            if (a, b) not in single:
+                family.comparisons.append(compare(groups[a], groups[b], pool))
+        correct_family(family.comparisons)
+        for a, b in single:
+            wrong_a, wrong_b = _wrong_indices(study_dir, summary, a), _wrong_indices(study_dir, summary, b)
+            if wrong_a is None or wrong_b is None:
+                family.note = ("single runs without the list of wrong test images (misclassified.json "
+                               "written before normlab kept it) cannot be compared image by image")
+                continue
+            family.paired.append(mcnemar(a, wrong_a, b, wrong_b))
+        for p, adjusted in zip(family.paired, holm([p.p for p in family.paired])):
+            p.adjusted_p = adjusted
+        if family.comparisons or family.paired or family.note:
+            families.append(family)
+    return families, pool
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
+
+
+def comparison_lines(study_dir: Path, summary: dict, declared: list[dict] | None = None) -> list[str]:
+    """report.md's comparisons: one table per family, every p-value corrected within its family."""
+    families, pool = study_families(study_dir, summary, declared)
+    if not families:
+        return []
+    groups = groups_of(summary)
+    n_test = min((g.n_test for g in groups.values()), default=10000)
+    lines = ["", "## Comparisons", "",
+             "Each table answers one question, and its p-values are corrected together for multiple comparisons "
+             "(Holm; a verdict needs a corrected p below 0.05). Tests run on the logit of the error rate, "
+             "log(errors / correct) over seeds, where a collapsed run's spread is comparable to a working one's: "
+             "the effect is the ratio of error odds (A / B, about the ratio of error rates; below 1: A makes fewer "
+             "errors) with its 95% interval. With few seeds a group's own variance is pooled with the study's "
+             f"(one-way layout: {pool.df} degrees of freedom"
+             + (f"; left out as erratic, and compared with Welch's test on their own variance: "
+                f"{', '.join(sorted(pool.erratic))}" if pool.erratic else "") + "). "
+             f"Every run is scored on the same {n_test:,} test images, so these tests do not include the test "
+             "set's own sampling error; single runs are compared image by image (McNemar's exact test on the "
+             "images only one of the two got wrong)."]
+    for family in families:
+        tested = len([c for c in family.comparisons if c.p is not None]) + len(family.paired)
+        lines += ["", f"### {family.question[:1].upper()}{family.question[1:]} ({tested} test{'s' if tested != 1 else ''})", ""]
+        if family.comparisons:
+            lines += ["| A | B | seeds | A − B (points) | error odds A/B (95% CI) | test | p | Holm p | verdict |",
+                      "|---|---|---:|---:|---:|---|---:|---:|---|"]
+            shown = family.comparisons
+            if len(shown) > MAX_LISTED:
+                shown = [c for c in shown if c.distinguishable]
+            for c in shown:
+                odds = f"{c.ratio:.3g} ({c.low:.3g} to {c.high:.3g})" if c.low is not None else (
+                    f"{c.ratio:.3g}" if c.ratio is not None else "–")
+                seeds = str(c.n_a) if c.n_a == c.n_b else f"{c.n_a}, {c.n_b}"
+                lines.append(f"| {c.a} | {c.b} | {seeds} | {c.difference:+.3f} | {odds} | {c.test} | {_p(c.p)} | "
+                             f"{_p(c.adjusted_p)} | {c.verdict()} |")
+            if len(shown) < len(family.comparisons):
+                lines += ["", f"The other {len(family.comparisons) - len(shown)} comparisons of this family are not "
+                          "distinguishable after the correction and are not listed."]
+        if family.paired:
+            lines += ["", "| A | B | only A wrong | only B wrong | McNemar p | Holm p | verdict |",
+                      "|---|---|---:|---:|---:|---:|---|"]
+            for p in family.paired:
+                verdict = "not distinguishable" if p.adjusted_p >= 0.05 else (
+                    f"{p.a} higher" if p.only_a_wrong < p.only_b_wrong else f"{p.b} higher")
+                lines.append(f"| {p.a} | {p.b} | {p.only_a_wrong} | {p.only_b_wrong} | {_p(p.p)} | "
+                             f"{_p(p.adjusted_p)} | {verdict} |")
+        if family.note:
+            lines += ["", f"Note: {family.note}."]
+    return lines
