@@ -9,7 +9,6 @@ threads; normlab one single-thread process per core (the local executor's layout
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -20,12 +19,9 @@ from pathlib import Path
 import torch
 
 from .config import ExperimentConfig
-from .errors import NormlabError
 from .studies import build_study
 from .summary import machine_description
 from .train import Experiment, resolve_device
-
-BASELINE = Path(__file__).resolve().parent.parent / "benchmarks" / "seed_pipeline.py"
 
 
 def normlab_step_throughput(seconds: float, threads: int = 1, device: str = "cpu") -> float:
@@ -50,16 +46,6 @@ def grouped_step_throughput(seconds: float, members: int, threads: int = 1, devi
         return GroupedEpoch(group).throughput(seconds)
 
 
-def _load_baseline():
-    if not BASELINE.exists():
-        raise NormlabError(f"the seed-style baseline {BASELINE} is missing; run bench from a normlab "
-                           "source checkout (it lives in benchmarks/).")
-    spec = importlib.util.spec_from_file_location("seed_pipeline", BASELINE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _measure_normlab(seconds: float, processes: int, device: str) -> float:
     if device != "cpu" or processes == 1:
         return normlab_step_throughput(seconds, threads=1 if device == "cpu" else torch.get_num_threads(),
@@ -80,7 +66,8 @@ def run_bench(seconds: float = 20.0, repeats: int = 3, as_json: bool = False, de
               grouped: int = 0) -> int:
     """With `grouped` = K > 0, also K experiments as one vmapped model, interleaved with the rest."""
     device = str(resolve_device(device))
-    baseline = _load_baseline()
+    from . import baseline  # torchvision's per-sample pipeline: loaded only to be measured
+
     processes = os.cpu_count() or 1
     base_runs, ours_runs, grouped_runs = [], [], []
     for r in range(repeats):

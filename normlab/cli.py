@@ -218,7 +218,7 @@ def _execute(study, args, out: Path) -> int:
     outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
                         executor=args.executor, address=args.address, quiet=args.quiet,
                         tensorboard=args.tensorboard, grouped=args.grouped)
-    summary = generate_report(out, notify=notice)
+    summary = generate_report(out, outcome.summary)
     print(final_table(summary))
     print(f"results: {out}")
     return study_exit_code(summary, outcome.failed)
@@ -265,8 +265,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import final_table, generate_report
+    from .summary import refresh_summary
 
-    summary = generate_report(args.dir, notify=notice)
+    summary = generate_report(args.dir, refresh_summary(args.dir, notice))
     print(final_table(summary))
     print(f"report: {args.dir / 'report.md'}")
     return study_exit_code(summary, [])

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .axes import series_label, varying_settings
 from .config import SETTINGS
 from .results import MISCLASSIFIED, read_json_file
 from .stats import (
@@ -64,8 +65,6 @@ def groups_of(summary: dict) -> dict[str, Group]:
 
 
 def _axes(summary: dict) -> list[str]:
-    from .plots import varying_settings  # a setting that follows another one to one counts with it
-
     numeric, categorical = varying_settings(summary)
     return [k for k in SETTINGS if k in numeric or k in categorical]
 
@@ -120,8 +119,6 @@ def validation_choice(summary: dict) -> tuple[str, dict[str, str]] | None:
     """(setting, series -> the experiment name chosen on validation) when the study varies one
     numeric setting and every finished run has a validation accuracy: per series (the other
     settings), the value whose mean validation accuracy is highest."""
-    from .plots import series_label, varying_settings
-
     numeric, categorical = varying_settings(summary)
     done = [e for e in summary["experiments"] if e["status"] == "done"]
     if len(numeric) != 1 or not done or any(e.get("final_val_accuracy") is None for e in done):

@@ -6,10 +6,9 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 
-from .augment import AugmentConfig
 from .data import DATASETS
 from .errors import ConfigError
-from .model import INITS, NetConfig, check_network, check_norm, config_from_dict
+from .network import INITS, NetConfig, check_network, check_norm, config_from_dict
 
 MAX_SEED = 2**31 - 1  # every epoch's seed, seed * 1_000_003 + epoch, must fit torch's 64-bit seeds
 
@@ -116,7 +115,10 @@ class ExperimentConfig:
         """From a config dict; settings added since it was written take their defaults."""
         return config_from_dict(cls, d, "experiment")
 
-    def augmentation(self) -> AugmentConfig:
+    def augmentation(self):
+        """The augmentation's parameters (`normlab.augment.AugmentConfig`)."""
+        from .augment import AugmentConfig
+
         return AugmentConfig(degrees=self.rotate, translate=self.translate,
                              scale=(self.scale_min, self.scale_max), shear=self.shear)
 

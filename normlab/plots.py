@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .config import SETTINGS  # noqa: E402
+from .axes import series_label, varying_settings  # noqa: E402
 from .fileio import atomic_write_bytes, read_json  # noqa: E402
 from .results import read_metrics  # noqa: E402
 from .zoo import colour  # noqa: E402
@@ -184,34 +184,6 @@ def _final_by(summary: dict, key) -> dict:
         if e["status"] == "done":
             out[key(e)].append(e["final_test_accuracy"])
     return out
-
-
-def varying_settings(summary: dict) -> tuple[list[str], list[str]]:
-    """(numeric, categorical) settings that vary across the finished experiments, in config order.
-
-    A numeric setting that is a one-to-one function of an earlier one (the batch-size study's LR,
-    scaled with the batch size) is not a separate axis and is left out.
-    """
-    done = [e for e in summary["experiments"] if e["status"] == "done"]
-    numeric, categorical = [], []
-    for key in SETTINGS:
-        values = {repr(e.get(key)) for e in done}
-        if key == "seed" or len(values) < 2:
-            continue
-        kind = numeric if all(isinstance(e.get(key), (int, float)) and not isinstance(e.get(key), bool)
-                              for e in done) else categorical
-        kind.append(key)
-    independent = []
-    for key in numeric:
-        if not any(len({(repr(e.get(k)), repr(e.get(key))) for e in done}) == len({repr(e.get(k)) for e in done})
-                   == len({repr(e.get(key)) for e in done}) for k in independent):
-            independent.append(key)
-    return independent, categorical
-
-
-def series_label(entry: dict, categorical: list[str]) -> str:
-    return ", ".join(str(entry.get(k)).upper() if k == "norm" else f"{k} {entry.get(k)}"
-                     for k in categorical) or str(entry.get("norm", "all")).upper()
 
 
 def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:

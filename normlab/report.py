@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
+from .axes import series_label, varying_settings
 from .comparisons import comparison_lines, test_size
-from .errors import DamagedError, NormlabError, notice
-from .fileio import atomic_write_text, directory_lock
+from .fileio import atomic_write_text
 from .plot_dynamics import FIGURES, MAX_PANELS, dynamics_by_name, plot_dynamics
 from .plots import (
     DATASET_TITLES,
@@ -21,13 +20,10 @@ from .plots import (
     plot_misclassified,
     plot_setting,
     plot_train_vs_test,
-    series_label,
-    varying_settings,
 )
-from .recovery import FINISHING, inspect_experiment, repair_views
-from .results import DAMAGED, STUDY, SUMMARY, read_metrics
+from .results import DAMAGED, read_metrics
 from .stats import mean_interval, sampling_error
-from .summary import load_study_meta, save_study_meta, study_experiments, write_summary
+from .summary import read_summary
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -177,57 +173,13 @@ def wall_time_text(summary: dict) -> str:
     return text
 
 
-def refresh_summary(study_dir: Path, notify: Callable[[str], None] | None = None) -> dict:
-    """summary.json rebuilt from study.json and the experiment directories, after their repairs.
-
-    Views that are missing or damaged are rebuilt from their checkpoints (and a finished
-    experiment's lost misclassified.json by its misclassified pass); a damaged experiment is
-    listed as damaged with its sentence. Holds the directory lock while it writes.
-    """
-    notify = notify or notice
+def generate_report(study_dir: Path, summary: dict | None = None) -> dict:
+    """Draw every figure and write report.md for the study in `study_dir`, from its result files;
+    return its summary. Reads only: `normlab.summary.refresh_summary` brings summary.json up to date
+    first (`normlab report` does both)."""
     study_dir = Path(study_dir)
-    if not study_dir.is_dir():
-        raise NormlabError(f"{study_dir} is not a directory; pass the output directory of `normlab run`.")
-    with directory_lock(study_dir):
-        meta = load_study_meta(study_dir, notify)
-        experiments = study_experiments(study_dir, meta)
-        if not experiments:
-            raise NormlabError(f"{study_dir} holds no normlab study (no {STUDY}, {SUMMARY} or experiment "
-                               "directories); pass the output directory of `normlab run`.")
-        states = []
-        for name, wanted in experiments:
-            state = inspect_experiment(study_dir / name, wanted)
-            repair_views(state, notify)
-            if state.kind == FINISHING:
-                _misclassified_pass(state, notify)
-                state = inspect_experiment(study_dir / name, wanted)
-            states.append(state)
-        if meta:
-            save_study_meta(study_dir, meta)
-        return write_summary(study_dir, meta, states)
-
-
-def _misclassified_pass(state, notify: Callable[[str], None]) -> None:
-    """Redo a finished experiment's lost misclassified.json from its checkpoint (no training)."""
-    import torch
-
-    from .config import ExperimentConfig
-    from .train import Experiment  # the one rare path where a report needs the model
-
-    device = state.checkpoint.get("device", "cpu")
-    device = device if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
-    try:
-        Experiment(ExperimentConfig.from_dict(state.config), state.dir, device=device, resume=True,
-                   notify=notify).finish()
-    except DamagedError:
-        return  # inspected again by the caller, which reports it as damaged
-    notify(f"{state.dir.name}: rebuilt misclassified.json from its checkpoint.")
-
-
-def generate_report(study_dir: Path, notify: Callable[[str], None] | None = None) -> dict:
-    """Draw every figure and write report.md for the study in `study_dir`; return its summary."""
-    study_dir = Path(study_dir)
-    summary = refresh_summary(study_dir, notify)
+    if summary is None:
+        summary = read_summary(study_dir)
     shown = {**summary, "experiments": [e for e in summary["experiments"] if e["status"] != DAMAGED]}
     figures = {
         "test_loss": plot_metric(study_dir, shown, "test_loss", study_dir / "test_loss.png"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ RUNNING = "running"  # some epochs on disk
 DONE = "done"
 DIVERGED = "diverged"  # a non-finite loss stopped it; the checkpoint keeps the last good epoch
 DAMAGED = "damaged"  # a file that cannot be trusted or rebuilt; the message names it and the fix
-FINISHED = (DONE, DIVERGED)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"]
 
@@ -180,7 +178,3 @@ def read_dynamics(path: Path) -> list[dict]:
 
 def write_dynamics(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, render_dynamics(rows))
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from .config import SETTINGS, ExperimentConfig
-from .errors import NormlabError
-from .fileio import atomic_write_json
-from .recovery import ExperimentState, inspect_experiment
-from .results import CHECKPOINT, CONFIG, DAMAGED, STUDY, SUMMARY, read_json_file
+from .errors import NormlabError, notice
+from .fileio import atomic_write_json, directory_lock
+from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
+from .results import CHECKPOINT, CONFIG, DAMAGED, MISCLASSIFIED, STUDY, SUMMARY, read_json_file
 
 STUDY_FIELDS = ("study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
                 "workers", "families")
@@ -75,7 +75,8 @@ def meta_problem(meta: dict) -> str | None:
 
 def _meta_from_summary(summary: dict) -> dict:
     """study.json's fields as a summary.json records them (for rebuilding a lost study.json)."""
-    meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "workers") if k in summary}
+    meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "workers", "families")
+            if k in summary}
     rounds = summary.get("seed_rounds")
     if isinstance(rounds, list) and all(isinstance(r, dict) and isinstance(r.get("seed"), int) for r in rounds):
         meta["round_wall_seconds"] = {f"seed {r['seed']}": r.get("wall_seconds") for r in rounds}
@@ -184,3 +185,42 @@ def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | N
     summary["experiments"] = entries
     atomic_write_json(study_dir / SUMMARY, summary)
     return summary
+
+
+def read_summary(study_dir: Path) -> dict:
+    """summary.json as a study's last run or refresh wrote it; one sentence when it is not usable."""
+    read = read_json_file(Path(study_dir) / SUMMARY)
+    if not read.ok or not isinstance(read.value.get("experiments"), list):
+        raise NormlabError(f"{Path(study_dir) / SUMMARY} is {read.problem or 'malformed'}; rebuild it with "
+                           f"`normlab report {study_dir}`.")
+    return read.value
+
+
+def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> dict:
+    """summary.json rebuilt from study.json and the experiment directories, after their repairs.
+
+    Under the directory's lock: views that are missing or damaged are rebuilt from their
+    checkpoints; a damaged experiment is listed as damaged with its sentence. Nothing is trained:
+    an experiment whose misclassified.json is lost is listed as running, and `normlab run ...
+    --resume` redoes its misclassified pass.
+    """
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise NormlabError(f"{study_dir} is not a directory; pass the output directory of `normlab run`.")
+    with directory_lock(study_dir):
+        meta = load_study_meta(study_dir, notify)
+        experiments = study_experiments(study_dir, meta)
+        if not experiments:
+            raise NormlabError(f"{study_dir} holds no normlab study (no {STUDY}, {SUMMARY} or experiment "
+                               "directories); pass the output directory of `normlab run`.")
+        states = []
+        for name, wanted in experiments:
+            state = inspect_experiment(study_dir / name, wanted)
+            repair_views(state, notify)
+            if state.kind == FINISHING:
+                notify(f"{name}: every epoch is on disk but {MISCLASSIFIED} is not; run the study again with "
+                       "--resume to redo its misclassified pass.")
+            states.append(state)
+        if meta:
+            save_study_meta(study_dir, meta)
+        return write_summary(study_dir, meta, states)

@@ -147,9 +147,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return loss, accuracy
 
 
-ProgressFn = Callable[[int, int, float, float], None]  # (images done, total, loss, accuracy)
-
-
 class Experiment:
     """One experiment's model, optimizer and schedule, tied to its directory of result files.
 
@@ -231,10 +228,6 @@ class Experiment:
                         optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), **record)
         write_views(self.dir, record, DIVERGED if self.diverged_at else RUNNING)
 
-    @property
-    def finished(self) -> bool:
-        return self.status["status"] in (DONE, DIVERGED)
-
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The training images at `idx`, augmented (whole batch at once), and their labels."""
         x, y = self.data.train_x[idx], self.data.train_y[idx]
@@ -285,7 +278,7 @@ class Experiment:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def run_epoch(self, progress: ProgressFn | None = None) -> EpochMetrics:
+    def run_epoch(self) -> EpochMetrics:
         """Train one epoch, evaluate on the test set, write metrics and checkpoint atomically."""
         cfg, d = self.cfg, self.data
         epoch = self.epoch + 1
@@ -309,8 +302,6 @@ class Experiment:
                 value = total.item()
                 if value != value or abs(value) == float("inf"):
                     raise DivergedError(epoch, f"loss became {value} at epoch {epoch}, step {step + 1}")
-                if progress:
-                    progress(seen, len(d.train_y), loss_sum.item() / seen, 100.0 * correct.item() / seen)
         train_seconds = time.perf_counter() - start
         test_loss, test_accuracy = evaluate(self.model, d.test_x, d.test_y)
         if test_loss != test_loss or abs(test_loss) == float("inf"):

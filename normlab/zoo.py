@@ -18,22 +18,48 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from timm.layers import EvoNorm2dS0, FilterResponseNormTlu2d, LayerNorm2d, StdConv2d
-from torch import nn
-
-from .layers import FilterResponseNormTluLearnedEps2d
+if TYPE_CHECKING:  # the layers load with torch and timm when a network is built, not when a config is read
+    from torch import nn
 
 NORM, NORM_ACT, CONV = "norm", "norm_act", "conv"
 
 
 def _conv(cin: int, cout: int, kernel: int, bias: bool = False) -> nn.Module:
+    from torch import nn
+
     return nn.Conv2d(cin, cout, kernel, bias=bias)
 
 
 def _std_conv(cin: int, cout: int, kernel: int, bias: bool = False) -> nn.Module:
+    from timm.layers import StdConv2d
+
     # padding=0 keeps the exercise's "valid" convolutions (timm pads 'same' by default)
     return StdConv2d(cin, cout, kernel, padding=0, bias=bias)
+
+
+def _torch(name: str, *args):
+    """A builder of torch.nn.<name>(*args, ...)."""
+    def build(*more):
+        from torch import nn
+
+        return getattr(nn, name)(*args, *more)
+    return build
+
+
+def _timm(name: str):
+    def build(*args, **kwargs):
+        import timm.layers
+
+        return getattr(timm.layers, name)(*args, **kwargs)
+    return build
+
+
+def _frn_learned_eps(c: int) -> nn.Module:
+    from .layers import FilterResponseNormTluLearnedEps2d
+
+    return FilterResponseNormTluLearnedEps2d(c)
 
 
 @dataclass(frozen=True)
@@ -60,36 +86,36 @@ def _entries(*entries: NormEntry) -> dict[str, NormEntry]:
 
 
 NORMS: dict[str, NormEntry] = _entries(
-    NormEntry("bn", NORM, lambda c, g: nn.BatchNorm2d(c),
+    NormEntry("bn", NORM, lambda c, g: _torch("BatchNorm2d")(c),
               "BatchNorm2d: per channel over (N, H, W); running statistics in eval",
               "tab:blue", "torch.nn.BatchNorm2d", batch_independent=False),
-    NormEntry("gn", NORM, lambda c, g: nn.GroupNorm(g, c),
+    NormEntry("gn", NORM, lambda c, g: _torch("GroupNorm")(g, c),
               "GroupNorm: per sample over each group of channels and (H, W)",
               "tab:orange", "torch.nn.GroupNorm", uses_groups=True),
-    NormEntry("ln", NORM, lambda c, g: nn.GroupNorm(1, c),
+    NormEntry("ln", NORM, lambda c, g: _torch("GroupNorm")(1, c),
               "LayerNorm as GroupNorm(1, C): per sample over (C, H, W)",
               "tab:green", "torch.nn.GroupNorm(1, C)"),
-    NormEntry("in", NORM, lambda c, g: nn.GroupNorm(c, c),
+    NormEntry("in", NORM, lambda c, g: _torch("GroupNorm")(c, c),
               "InstanceNorm as GroupNorm(C, C): per sample per channel over (H, W); on the 1x1 maps after "
               "global pooling it outputs beta whatever the input, so this network cannot learn with it",
               "tab:purple", "torch.nn.GroupNorm(C, C)"),
-    NormEntry("none", NORM, lambda c, g: nn.Identity(),
+    NormEntry("none", NORM, lambda c, g: _torch("Identity")(),
               "no normalization", "black", "torch.nn.Identity"),
-    NormEntry("ws-gn", CONV, lambda c, g: nn.GroupNorm(g, c),
+    NormEntry("ws-gn", CONV, lambda c, g: _torch("GroupNorm")(g, c),
               "weight-standardized conv + GroupNorm (Qiao et al. 2019)",
               "tab:red", "timm.layers.StdConv2d + torch.nn.GroupNorm", uses_groups=True, conv=_std_conv),
-    NormEntry("frn", NORM_ACT, lambda c, g: FilterResponseNormTlu2d(c),
+    NormEntry("frn", NORM_ACT, lambda c, g: _timm("FilterResponseNormTlu2d")(c),
               "Filter Response Norm + TLU: per sample per channel, x / rms over (H, W), then max(., tau) "
               "(Singh & Krishnan 2019); on 1x1 maps x / rms is sign(x), whose gradient vanishes",
               "tab:brown", "timm.layers.FilterResponseNormTlu2d"),
-    NormEntry("frn-eps", NORM_ACT, lambda c, g: FilterResponseNormTluLearnedEps2d(c),
+    NormEntry("frn-eps", NORM_ACT, lambda c, g: _frn_learned_eps(c),
               "Filter Response Norm + TLU with a learned eps (1e-6 + |eps_l|, one per layer): the FRN paper's "
               "remedy for 1x1 maps, where a fixed tiny eps makes x / rms the sign of x",
               "tab:olive", "normlab.layers.FilterResponseNormTluLearnedEps2d"),
-    NormEntry("evonorm-s0", NORM_ACT, lambda c, g: EvoNorm2dS0(c, groups=g),
+    NormEntry("evonorm-s0", NORM_ACT, lambda c, g: _timm("EvoNorm2dS0")(c, groups=g),
               "EvoNorm-S0: x * sigmoid(v x) / group std over (C/G, H, W) (Liu et al. 2020)",
               "tab:pink", "timm.layers.EvoNorm2dS0", uses_groups=True),
-    NormEntry("ln2d", NORM, lambda c, g: LayerNorm2d(c),
+    NormEntry("ln2d", NORM, lambda c, g: _timm("LayerNorm2d")(c),
               "LayerNorm2d: per sample per pixel over C (as in ConvNeXt)",
               "tab:cyan", "timm.layers.LayerNorm2d"),
 )

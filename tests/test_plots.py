@@ -17,6 +17,7 @@ from normlab.fileio import atomic_write_json
 from normlab.model import Net, count_parameters
 from normlab.recovery import write_views
 from normlab.report import aggregate, generate_report
+from normlab.summary import refresh_summary
 
 MODELS = [("bn-l1", "bn", 0.0001), ("gn", "gn", 0.0), ("ln", "ln", 0.0)]
 
@@ -65,7 +66,7 @@ def captured(monkeypatch):
 @pytest.mark.parametrize("seeds", [(1,), (1, 2, 3)])
 def test_graphs_have_titles_labels_and_one_line_per_model(tmp_path, captured, seeds):
     root = _fake_study(tmp_path, seeds)
-    generate_report(root)
+    generate_report(root, refresh_summary(root))
     for f in ("test_loss.png", "test_accuracy.png", "train_vs_test.png", "report.md"):
         assert (root / f).stat().st_size > 0
     loss_fig, acc_fig = captured[0], captured[1]
@@ -84,7 +85,7 @@ def test_graphs_have_titles_labels_and_one_line_per_model(tmp_path, captured, se
 
 def test_misclassified_grid_has_ten_labelled_images(tmp_path, captured):
     root = _fake_study(tmp_path)
-    generate_report(root)
+    generate_report(root, refresh_summary(root))
     grid = next(f for f in captured if f is not None and f._suptitle is not None
                 and "most confident" in f._suptitle.get_text())
     images = [ax for ax in grid.axes if ax.images]
@@ -97,10 +98,9 @@ def test_misclassified_grid_has_ten_labelled_images(tmp_path, captured):
 
 def test_report_aggregates_seeds_with_mean_and_std(tmp_path):
     root = _fake_study(tmp_path, seeds=(1, 2, 3))
-    generate_report(root)
+    generate_report(root, refresh_summary(root))
     summary = json.loads((root / "summary.json").read_text())
     summary["experiments"] = [json.loads(json.dumps(e)) for e in summary["experiments"]]
-    from normlab.report import refresh_summary
     rows = aggregate(refresh_summary(root), root)
     assert [r["name"] for r in rows] == ["bn-l1", "gn", "ln"] and all(r["done"] == 3 for r in rows)
     assert all(r["final_std"] >= 0 and r["final_min"] <= r["final_mean"] <= r["final_max"] for r in rows)

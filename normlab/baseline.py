@@ -1,4 +1,5 @@
-"""The original exercise's training pipeline, reproduced faithfully as the baseline for `normlab bench`.
+"""The original exercise's training pipeline, reproduced faithfully as the baseline for `normlab bench`
+(shipped in the package, so bench runs from an installed wheel too).
 
 Per-sample torchvision transforms on PIL images inside a 2-worker DataLoader (docs/FACTS.md):
 RandomRotation(7, fill=1), RandomAffine(7, shear=10, translate=(0.1, 0.1), scale=(0.8, 1.2)),
@@ -6,7 +7,7 @@ ColorJitter(0.4, 0.4, 0.4, 0.1), ToTensor, Normalize(0.1307, 0.3081); batch 128,
 SGD with momentum, OneCycleLR stepped per batch, NLL loss plus L1 over every parameter.
 The model is normlab's Net with torch's own nn.Dropout, as the original exercise had.
 
-    python benchmarks/seed_pipeline.py --seconds 20
+    python -m normlab.baseline --seconds 20
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-from normlab.data import data_root, fetch
-from normlab.model import Net
+from .data import data_root, fetch
+from .model import Net
 
 SEED_TRANSFORM = transforms.Compose([
     transforms.RandomRotation((-7.0, 7.0), fill=(1,)),
