@@ -6,11 +6,14 @@ g = 8 that is two numbers, and (x - mean)/std of two numbers is +-1 (up to eps).
 measures, for each committed gn-groups model (seed 1), the share of that layer's normalized values
 within 0.01 of +-1, on the first 2,000 MNIST test images.
 
-    python benchmarks/last_norm_saturation.py [results/gn-groups]
+    python benchmarks/last_norm_saturation.py [results/gn-groups] [results/last-norm-saturation.json]
+
+It prints a table and writes the same figures as JSON (the second argument).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -37,15 +40,21 @@ def saturation(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, float
     return seen["per_group"], seen["share"]
 
 
-def main(study: Path) -> None:
+def main(study: Path, out: Path) -> None:
     images, _ = load("mnist", "test")
+    rows = []
     print("| groups | values per group at the last norm | normalized values within 0.01 of ±1 |")
     print("|---:|---:|---:|")
     for groups in (1, 2, 4, 8):
         model = normlab.load_model(study / f"gn-g{groups}-seed1" / "model.pt")
         per_group, share = saturation(model, images[:2000])
         print(f"| {groups} | {per_group} | {share:.1%} |")
+        rows.append({"groups": groups, "values_per_group": per_group, "share_within_0.01_of_1": round(share, 4),
+                     "model": f"{study.name}/gn-g{groups}-seed1"})
+    out.write_text(json.dumps({"script": "benchmarks/last_norm_saturation.py", "test_images": 2000,
+                               "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results/gn-groups"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results/gn-groups"),
+         Path(sys.argv[2] if len(sys.argv) > 2 else "results/last-norm-saturation.json"))

@@ -50,6 +50,11 @@ def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, mode
     atomic_write_bytes(path, buf.getvalue())
 
 
+def weights_l1(model_state: dict) -> float:
+    """Σ|w| over a model state's conv weights (the tensors L1/L2 act on), as summary.json records it."""
+    return round(sum(v.detach().cpu().abs().sum().item() for v in model_state.values() if v.dim() >= 2), 2)
+
+
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()

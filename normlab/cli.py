@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import typing
@@ -70,6 +71,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grouped", default="auto", choices=("auto", "on", "off"),
                    help="train experiments that share a step (differing only in seed, lr, momentum, l1, l2) as "
                         "one vmapped model in this process; auto: on CUDA only (default: auto)")
+    p.add_argument("--graph", default="auto", choices=("auto", "on", "off"),
+                   help="capture each group's training step as a CUDA graph and replay it; auto: on CUDA with the "
+                        "grouped executor (default: auto)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write each epoch's metrics, dynamics and layer histograms as TensorBoard events "
                         "under <out>/tensorboard (needs: pip install 'normlab[tensorboard]')")
@@ -176,11 +180,12 @@ def study_exit_code(summary: dict, failed: list[str]) -> int:
     return EXIT_DIVERGED if diverged else 0
 
 
-def _dry_run(study, args, out: Path) -> int:
+def _dry_run(study, args, out: Path, device: str) -> int:
     """Every check of a real run (config, data, directories, lock), then each experiment's state."""
     from .fileio import check_can_create, check_unlocked
-    from .runner import cap_workers, plan_study
+    from .runner import cap_workers, choose_executor, plan_study
 
+    choose_executor(args.executor, args.grouped, device, 1, args.address, study.experiments, args.graph)
     check_can_create(out)
     check_unlocked(out)
     states = plan_study(study, out, args.resume)
@@ -214,10 +219,10 @@ def _execute(study, args, out: Path) -> int:
     device = str(resolve_device(args.device))
     _warn_unused(args, study)
     if args.dry_run:
-        return _dry_run(study, args, out)
+        return _dry_run(study, args, out, device)
     outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
                         executor=args.executor, address=args.address, quiet=args.quiet,
-                        tensorboard=args.tensorboard, grouped=args.grouped)
+                        tensorboard=args.tensorboard, grouped=args.grouped, graph=args.graph)
     summary = generate_report(out, outcome.summary)
     print(final_table(summary))
     print(f"results: {out}")
@@ -309,6 +314,8 @@ INTERRUPTED = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line; the exit status. From a shell use `entry_point`, which also makes an
+    interrupted command end with that status."""
     args = build_parser().parse_args(argv)
     try:
         with interrupts_raise_keyboard_interrupt(restore_after_interrupt=False):
@@ -331,3 +338,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normlab: interrupted; {INTERRUPTED.get(args.command, 'nothing was left half-written.')}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def entry_point() -> None:
+    """`normlab` and `python -m normlab`. An interrupt that lands while a library runs `exec` on a
+    string (scipy does, as it imports) makes CPython 3.11 end the process by SIGINT at exit, even
+    though normlab handled it and printed its sentence; so an interrupted command finishes its exit
+    here, after the exit handlers, with the 130 that `main` returned."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

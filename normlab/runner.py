@@ -31,6 +31,7 @@ from .execution.schedule import seed_rounds
 from .fileio import directory_lock, remove_temp_files
 from .interrupts import interrupts_raise_keyboard_interrupt
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
+from .results import DIVERGED, DONE, RUNNING
 from .studies import Study
 from .summary import load_study_meta, machine_description, save_study_meta, write_summary
 
@@ -78,19 +79,32 @@ def cap_workers(workers: int | None, experiments: int, notify: Callable[[str], N
 
 
 def choose_executor(kind: str, grouped: str, device: str, workers: int, address: str | None,
-                    experiments: list[ExperimentConfig] | None = None):
-    """The one place an executor is picked: `--executor`, `--grouped` and the device decide."""
+                    experiments: list[ExperimentConfig] | None = None, graph: str = "auto"):
+    """The one place an executor is picked: `--executor`, `--grouped`, `--graph` and the device decide.
+
+    On CUDA the default is the grouped executor (one process keeps the GPU busy with whole groups)
+    with each group's step captured as a CUDA graph; on the CPU, one-thread worker processes.
+    """
     from .execution.grouped import GroupedExecutor
     from .execution.local import LocalExecutor
     from .execution.ray import RayExecutor
 
+    cuda = device.startswith("cuda")
+    if graph == "on" and not cuda:
+        raise NormlabError("--graph on captures CUDA graphs and needs --device cuda; use --graph auto or off "
+                           "on the CPU.")
     if kind == "ray":
-        if grouped == "on":
-            raise NormlabError("--grouped on trains in this process and cannot be combined with --executor ray; "
-                               "drop one of them.")
+        for flag, value in (("--grouped", grouped), ("--graph", graph)):
+            if value == "on":
+                raise NormlabError(f"{flag} on trains in this process and cannot be combined with --executor ray; "
+                                   "drop one of them.")
         return RayExecutor(device, address)
-    if grouped == "on" or (grouped == "auto" and device.startswith("cuda")):
-        return GroupedExecutor(device, experiments)
+    use_grouped = grouped == "on" or (grouped == "auto" and cuda)
+    if graph == "on" and not use_grouped:
+        raise NormlabError("--graph on captures the grouped step (an experiment is a group of one); drop "
+                           "--grouped off, or use --graph off.")
+    if use_grouped:
+        return GroupedExecutor(device, experiments, graph=cuda and graph != "off")
     return LocalExecutor(workers, device)
 
 
@@ -98,7 +112,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
               device: str = "cpu", executor: str = "local", address: str | None = None,
               quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
               notify: Callable[[str], None] = notice, tensorboard: bool = False,
-              grouped: str = "auto") -> StudyOutcome:
+              grouped: str = "auto", graph: str = "auto") -> StudyOutcome:
     """Run every unfinished experiment of `study` into `out`, then write summary.json.
 
     Progress: tqdm bars on a terminal and one line per epoch; with quiet=True neither, each
@@ -133,7 +147,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                    if states[cfg.dirname].to_train}
         trains = any(p.done < p.config.epochs for p in pending.values())
         workers = cap_workers(workers, len(pending), notify)
-        runner = choose_executor(executor, grouped, device, workers, address, study.experiments)
+        runner = choose_executor(executor, grouped, device, workers, address, study.experiments, graph)
         export = TensorBoardExport(out) if tensorboard else None  # a missing package fails before training
         progress = Progress(quiet, on_epoch, export.epoch if export else None)
         start = time.perf_counter()
@@ -149,7 +163,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                     results += runner.run(round_pending, out, progress)
                 finally:
                     progress.close()
-                    if seed is not None:
+                    if seed is not None and trains:  # as the total: only time spent training counts
                         _record_wall(meta, round_start, key=f"seed {seed}")
         except KeyboardInterrupt:
             interrupted = True
@@ -162,10 +176,30 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                 _record_wall(meta, start)
                 meta.update(machine=machine_description(device), workers=workers)
             save_study_meta(out, meta)
-            summary = write_summary(out, meta)
+            # what the planning read and the tasks reported; an interrupted or failed experiment is read again
+            known = {} if interrupted else after_run(out, states, progress.latest)
+            summary = write_summary(out, meta, known=known)
         if interrupted:
             raise KeyboardInterrupt
     return StudyOutcome(summary, [f"{r.name}: {r.message}" for r in results if r.status is Status.FAILED])
+
+
+def after_run(out: Path, planned: dict[str, ExperimentState], latest: dict[str, EpochResult]
+              ) -> dict[str, ExperimentState]:
+    """Each experiment's state after a run without reading its checkpoint again: as planned if
+    nothing ran, else from its last task's record. One whose last task failed is left out (read again)."""
+    known = {}
+    for name, state in planned.items():
+        if not state.to_train:
+            known[name] = state
+        elif name in latest and latest[name].record is not None and latest[name].status in STATE_OF:
+            r = latest[name]
+            known[name] = ExperimentState(out / name, STATE_OF[r.status], config=r.record["experiment"],
+                                          checkpoint=r.record)
+    return known
+
+
+STATE_OF = {Status.DONE: DONE, Status.RUNNING: RUNNING, Status.DIVERGED: DIVERGED}
 
 
 def _record_wall(meta: dict, start: float, key: str | None = None) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import weights_l1
 from .config import SETTINGS, ExperimentConfig
 from .errors import NormlabError, notice
 from .fileio import atomic_write_json, directory_lock
@@ -128,7 +129,9 @@ def conv_weight_l1(state: ExperimentState) -> float | None:
     """Σ|w| over the conv weights (the tensors L1/L2 act on) of the saved model."""
     if state.checkpoint is None:
         return None
-    return round(sum(v.abs().sum().item() for v in state.checkpoint["model"].values() if v.dim() >= 2), 2)
+    if "conv_weight_l1" in state.checkpoint:  # a task's record, computed where the model was
+        return state.checkpoint["conv_weight_l1"]
+    return weights_l1(state.checkpoint["model"])
 
 
 def experiment_entry(study_dir: Path, state: ExperimentState) -> dict:
@@ -161,11 +164,15 @@ def experiment_entry(study_dir: Path, state: ExperimentState) -> dict:
     return entry
 
 
-def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | None = None) -> dict:
-    """summary.json from study.json's record and the experiment directories (re-read unless given)."""
+def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | None = None,
+                  known: dict[str, ExperimentState] | None = None) -> dict:
+    """summary.json from study.json's record and the experiment directories: `states` for all of
+    them, or `known` for some (directory name -> state, e.g. from a run's results), the rest read."""
     study_dir = Path(study_dir)
     if states is None:
-        states = [inspect_experiment(study_dir / d, cfg) for d, cfg in study_experiments(study_dir, meta)]
+        known = known or {}
+        states = [known.get(d) or inspect_experiment(study_dir / d, cfg)
+                  for d, cfg in study_experiments(study_dir, meta)]
     entries = [experiment_entry(study_dir, s) for s in states]
     configs = [e for e in entries if "dataset" in e]
     summary = {

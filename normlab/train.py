@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import data as datasets
 from .augment import random_affine
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, weights_l1
 from .config import ExperimentConfig
 from .dynamics import DynamicsRecorder, recorded_steps
 from .errors import DamagedError, DivergedError, NormlabError, first_line, notice
@@ -155,14 +155,18 @@ class Experiment:
     """
 
     def __init__(self, cfg: ExperimentConfig, exp_dir: Path, device: str | torch.device = "cpu",
-                 resume: bool = False, notify: Callable[[str], None] = notice):
+                 resume: bool = False, notify: Callable[[str], None] = notice, checked: bool = False):
+        """`checked`: the study already cross-checked this directory (once, under its lock), so
+        only the checkpoint is read — one torch.load — and nothing else is inspected again."""
         self.cfg = cfg
         self.dir = Path(exp_dir)
         self.device = resolve_device(str(device))
         self.data = load_data(cfg.dataset, cfg.train_limit, cfg.test_limit, self.device.type, cfg.val_split)
-        state = inspect_experiment(self.dir, cfg.to_dict(), resume)
-        if state.kind == DAMAGED:
-            raise DamagedError(state.problem)
+        checkpoint = _checked_checkpoint(self.dir) if checked else None
+        if checkpoint is None or checkpoint.get("version") == 1:  # version 1 needs its views: the full check
+            state = inspect_experiment(self.dir, cfg.to_dict(), resume)
+            if state.kind == DAMAGED:
+                raise DamagedError(state.problem)
         self.net_config = cfg.net_config(self.data.mean, self.data.std)
         self.slices = batch_slices(len(self.data.train_y), cfg.batch_size)
         self.augment = cfg.augmentation()
@@ -171,6 +175,9 @@ class Experiment:
         self.history: list[dict] = []
         self.dynamics: list[dict] = []  # normlab.dynamics rows, kept in the checkpoint
         self.diverged_at: dict | None = None
+        if checkpoint is not None and checkpoint.get("version") != 1:
+            self._restore(checkpoint)
+            return
         repair_views(state, notify)
         if state.checkpoint is not None:
             self._restore(state.checkpoint)
@@ -338,7 +345,9 @@ class Experiment:
         dynamics recorded during the epoch that diverged (they show what grew)."""
         last_steps = [r for r in self.dynamics if r["epoch"] > self.epoch]
         if self.epoch > 0:
-            last_good = inspect_experiment(self.dir, None).checkpoint  # a version-1 file comes upgraded
+            last_good = _checked_checkpoint(self.dir)
+            if last_good is not None and last_good.get("version") == 1:
+                last_good = inspect_experiment(self.dir, None).checkpoint  # a version-1 file comes upgraded
             if last_good is None:
                 raise DamagedError(f"{self.dir / CHECKPOINT} could not be read back after the run diverged; "
                                    f"delete {self.dir} and run the study again with --resume to retrain it.")
@@ -349,6 +358,29 @@ class Experiment:
         self.dynamics += last_steps
         self.diverged_at = {"epoch": error.epoch, "message": str(error)}
         self.save()
+
+
+def _checked_checkpoint(exp_dir: Path) -> dict | None:
+    """The checkpoint of a directory the study has already checked (None when there is none yet);
+    a file damaged since then is DamagedError, naming it."""
+    path = Path(exp_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        state = load_checkpoint(path)
+        state["experiment"] = ExperimentConfig.from_dict(state["experiment"]).to_dict()
+        return state
+    except NormlabError as e:
+        raise DamagedError(f"{e} It changed after the study checked it; restore it, or delete "
+                           f"{exp_dir} and run the study again with --resume to retrain that experiment.") from None
+
+
+def summary_record(exp: Experiment) -> dict:
+    """What summary.json needs of an experiment after a task, so the study need not re-read its
+    checkpoint: its record (less the dynamics rows) and the size of its conv weights."""
+    record = {k: v for k, v in exp.record().items() if k != "dynamics"}
+    record["conv_weight_l1"] = weights_l1(exp.model.state_dict())
+    return record
 
 
 def misclassified(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ExperimentConfig,

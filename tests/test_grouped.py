@@ -123,18 +123,22 @@ def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys):
     # an interrupted grouped study resumes where it stopped and ends as an uninterrupted one
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main([*cmd, "--out", str(full)]) == 0
-    real = GroupedEpoch.run
+    real = GroupedEpoch.run_steps
 
-    def stop_in_epoch_2(self):
+    def stop_in_epoch_2(self):  # the executor drives run_steps: two steps of epoch 2, then Ctrl-C
+        steps = real(self)
         if self.members[0].epoch >= 1:
+            next(steps)
+            next(steps)
+            yield
             raise KeyboardInterrupt
-        return real(self)
+        return (yield from steps)
 
-    GroupedEpoch.run = stop_in_epoch_2
+    GroupedEpoch.run_steps = stop_in_epoch_2
     try:
         assert main([*cmd, "--out", str(cut)]) == 130
     finally:
-        GroupedEpoch.run = real
+        GroupedEpoch.run_steps = real
     assert main([*cmd, "--out", str(cut), "--resume"]) == 0
     for d in full.glob("gn-*"):
         assert read_metrics(d / "metrics.csv")[-1]["test_loss"] == read_metrics(cut / d.name / "metrics.csv")[-1]["test_loss"]
@@ -162,3 +166,14 @@ def test_bench_measures_the_grouped_step():
     from normlab.bench import grouped_step_throughput
 
     assert grouped_step_throughput(0.5, members=2) > 0
+
+
+@pytest.mark.parametrize("norm", __import__("normlab.zoo", fromlist=["NORMS"]).NORMS)
+def test_every_norm_of_the_zoo_trains_grouped(tmp_path, norm):
+    """The grouped executor (the default on CUDA) builds and steps a group for every norm: `in` on
+    the 1x1 maps after pooling, for one, refuses a probe batch of one image."""
+    cfgs = [ExperimentConfig(name="z", norm=norm, seed=s, epochs=1, train_limit=128, test_limit=64, batch_size=64)
+            for s in (1, 2)]
+    members = [Experiment(c, tmp_path / f"{norm}-{c.seed}") for c in cfgs]
+    GroupedEpoch(members).run()
+    assert all(m.epoch == 1 for m in members)

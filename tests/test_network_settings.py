@@ -113,7 +113,7 @@ def test_a_grid_names_the_settings_its_template_does_not_show():
     assert "in-lastnorm" in names and "in-plainlast" in names and "bn-b2-plainlast" in names
     assert len(names) == len(set(names)) == 16
     init = [e.name for e in build_study("init", seeds=[1]).experiments]
-    assert "none-init-he-bias-lr0.05" in init and "bn-lr0.2" in init and len(init) == 25
+    assert "none-init-he-bias-lr0.03" in init and "bn-lr0.1" in init and len(init) == 15
 
 
 def test_a_template_that_hides_a_varied_setting_gets_it_appended(tmp_path):

@@ -1,4 +1,5 @@
-"""The README teaches with the project's own numbers: explain output, results, images."""
+"""The README and its pages under docs/ teach with the project's own numbers: explain output, results,
+images. Each quoted result is looked for on the page where it lives."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from normlab.report import aggregate
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+STUDIES = ROOT / "docs" / "studies"
+
+
+def page(name: str) -> str:
+    return (STUDIES / f"{name}.md").read_text()
 
 
 def test_required_sections():
     for heading in ("### Batch normalization", "### Layer normalization", "### Group normalization",
-                    "## Findings", "### Misclassified images"):
+                    "## What normlab found", "## The mission table", "### Graph 1 and Graph 2", "### Misclassified images"):
         assert heading in README, heading
 
 
@@ -77,9 +83,10 @@ def test_the_gn_group_count_study_is_complete_and_quoted():
     entries = summary["experiments"]
     assert sorted({e["groups"] for e in entries}) == [1, 2, 4, 8] and len({e["seed"] for e in entries}) >= 3
     assert all(e["status"] == "done" and e["epochs_run"] == 20 and e["norm"] == "gn" for e in entries)
+    text = page("gn-groups")
     for row in aggregate(summary):
-        assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in README, row["name"]
-    assert "results/gn-groups/groups.png" in README
+        assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in text, row["name"]
+    assert "](../../results/gn-groups/groups.png)" in text
 
 
 def test_the_zoo_study_is_complete_with_dynamics_and_quoted():
@@ -92,10 +99,11 @@ def test_the_zoo_study_is_complete_with_dynamics_and_quoted():
         assert len({e["seed"] for e in entries if e["norm"] == norm}) >= 3, norm
     for e in entries:
         assert (ROOT / "results" / "zoo" / e["dir"] / "dynamics.csv").stat().st_size > 1000, e["dir"]
+    text = page("zoo")
     for row in aggregate(summary):
-        assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in README, row["name"]
+        assert f"{row['final_mean']:.2f} ± {row['final_std']:.2f}" in text, row["name"]
     for figure in ("results/zoo/input_std.png", "results/zoo/grad_norm.png"):
-        assert figure in README
+        assert f"](../../{figure})" in text, figure
 
 
 def test_the_lr_range_study_is_complete_and_its_table_quoted():
@@ -112,6 +120,7 @@ def test_the_lr_range_study_is_complete_and_its_table_quoted():
     assert all(e["status"] in ("done", "diverged") for e in entries)
     rows = [line for line in tolerance_lines(summary, "lr") if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == len(norms)
+    text = page("lr-range")
     for row in rows:
-        assert row in README, row
-    assert "results/lr-range/lr.png" in README
+        assert row in text, row
+    assert "](../../results/lr-range/lr.png)" in text

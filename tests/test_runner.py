@@ -21,7 +21,9 @@ def test_seeds_run_as_rounds_in_order_with_their_wall_time(tmp_path):
     rounds = outcome.summary["seed_rounds"]
     assert [r["seed"] for r in rounds] == [2, 1]
     assert all(r["wall_seconds"] > 0 for r in rounds)
-    assert sum(r["wall_seconds"] for r in rounds) <= outcome.summary["wall_seconds"]
+    # each figure is rounded to 0.01 s on its own, so their sum may exceed the total by that much
+    slack = 0.005 * (len(rounds) + 1)
+    assert sum(r["wall_seconds"] for r in rounds) <= outcome.summary["wall_seconds"] + slack
     assert all(e["status"] == "done" for e in outcome.summary["experiments"])
 
 

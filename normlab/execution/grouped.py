@@ -24,62 +24,86 @@ class GroupedExecutor:
 
     seed_rounds = False
 
-    def __init__(self, device: str, experiments: list[ExperimentConfig] | None = None):
+    def __init__(self, device: str, experiments: list[ExperimentConfig] | None = None, graph: bool = False):
         self.device = device
         self.experiments = experiments
+        self.graph = graph  # each group's step captured as a CUDA graph (normlab.graphs)
 
     def run(self, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
-        from ..train import Experiment
+        from ..grouped import GroupedEpoch, run_together
+        from ..train import Experiment, summary_record
 
         final: list[EpochResult] = []
         line_ups = step_classes(self.experiments or [p.config for p in pending.values()])
+        alive: dict[tuple, GroupedEpoch] = {}  # a line-up's group, kept while the same members train
 
         def take(result: EpochResult) -> None:
             if progress.take(result, pending):
                 final.append(result)
 
         while pending:
+            turn = []  # the groups that train one epoch now, together
             for line_up in line_ups:
                 training = [name for name in line_up if name in pending]
                 if not training:
                     continue
                 epoch = min(pending[name].done for name in training)
+                now = tuple(name if name in pending and pending[name].done == epoch else None for name in line_up)
+                group = alive.get(tuple(line_up))
+                if group is not None and tuple(m.cfg.dirname if m else None for m in group.slots) == now \
+                        and all(m.epoch == epoch for m in group.members):
+                    turn.append((tuple(line_up), group))  # the same members, one epoch on: no reload, no recapture
+                    continue
+                alive.pop(tuple(line_up), None)
                 slots: list = [None] * len(line_up)
-                for k, name in enumerate(line_up):
-                    if name not in pending or pending[name].done != epoch:
+                for k, name in enumerate(now):
+                    if name is None:
                         continue
                     cfg = pending[name].config
                     try:
-                        exp = Experiment(cfg, out / name, device=self.device, resume=True)
+                        exp = Experiment(cfg, out / name, device=self.device, resume=True, checked=True)
                     except Exception as e:
                         take(result_from_exception(name, e, pending[name].done))
                         continue
                     if exp.epoch >= cfg.epochs:  # every epoch on disk: only the misclassified pass is left
-                        take(_finish(exp, EpochResult(name, Status.DONE, exp.epoch)))
+                        take(_finish(exp, EpochResult(name, Status.DONE, exp.epoch, record=summary_record(exp))))
                     else:
                         slots[k] = exp
                 if any(slots):
-                    for result in _train_group(slots):
-                        take(result)
+                    try:
+                        group = GroupedEpoch(slots, graph=self.graph)
+                    except Exception as e:  # a bug: every member reports it, and the study goes on
+                        for m in slots:
+                            if m is not None:
+                                take(result_from_exception(m.cfg.dirname, e, m.epoch))
+                        continue
+                    alive[tuple(line_up)] = group
+                    turn.append((tuple(line_up), group))
+            members = [list(group.members) for _, group in turn]
+            for (key, _), before, outcome in zip(turn, members, run_together([g for _, g in turn])):
+                if isinstance(outcome, Exception):
+                    alive.pop(key, None)  # its state is half an epoch on: rebuilt from the files
+                for result in _results(before, outcome):
+                    take(result)
         return final
 
 
-def _train_group(slots) -> list[EpochResult]:
-    from ..grouped import GroupedEpoch
+def _results(members, outcome) -> list[EpochResult]:
+    """Each member's result of a group's epoch (the misclassified pass after its last one)."""
+    from ..train import summary_record
 
-    members = [m for m in slots if m is not None]
-    try:
-        outcome = GroupedEpoch(slots).run()
-    except Exception as e:  # a bug: every member reports it, with its traceback, and the study goes on
-        return [result_from_exception(m.cfg.dirname, e, m.epoch) for m in members]
+    if isinstance(outcome, Exception):  # a bug: every member reports it, with its traceback
+        return [result_from_exception(m.cfg.dirname, outcome, m.epoch) for m in members]
     results = []
     for m in members:
         name, landed = m.cfg.dirname, outcome[m.cfg.dirname]
         if isinstance(landed, DivergedError):
-            results.append(result_from_exception(name, landed))
+            result = result_from_exception(name, landed)
+            result.record = summary_record(m)
+            results.append(result)
             continue
         result = EpochResult(name, Status.DONE if m.epoch >= m.cfg.epochs else Status.RUNNING, m.epoch,
-                             landed.__dict__)
+                             landed.__dict__, record=summary_record(m))
         results.append(_finish(m, result) if result.status is Status.DONE else result)
     return results
 
@@ -90,6 +114,6 @@ def _finish(exp, result: EpochResult) -> EpochResult:
         exp.finish()
     except Exception as e:
         failed = result_from_exception(result.name, e, result.epoch)
-        failed.metrics = result.metrics
+        failed.metrics = result.metrics  # the epoch did land; the record is read again for the summary
         return failed
     return result

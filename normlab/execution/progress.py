@@ -30,6 +30,7 @@ class Progress:
                  after_epoch: AfterEpoch | None = None):
         self.quiet, self.on_epoch, self.after_epoch = quiet, on_epoch, after_epoch
         self.bar: tqdm | None = None
+        self.latest: dict[str, EpochResult] = {}  # each experiment's latest result
 
     def start(self, label: str, pending: dict[str, Pending]) -> None:
         self.close()
@@ -54,6 +55,7 @@ class Progress:
         """Show one task's result and advance `pending`; True when the experiment has finished
         (it is then removed from `pending`)."""
         item = pending[result.name]
+        self.latest[result.name] = result
         if result.metrics is not None:
             if self.bar is not None:
                 self.bar.update(1)

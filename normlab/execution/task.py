@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -48,7 +48,7 @@ class EpochResult:
     metrics: dict | None = None  # the epoch that landed, if one did
     message: str = ""  # for DIVERGED, DAMAGED and FAILED: one sentence
     traceback: str | None = None  # for a bug: where it happened
-    extra: dict = field(default_factory=dict)
+    record: dict | None = None  # the experiment's record after the task (`train.summary_record`), for summary.json
 
     @property
     def finished(self) -> bool:
@@ -85,12 +85,15 @@ def run_epoch_task(task: EpochTask) -> EpochResult:
 
     An experiment whose epochs are all on disk gets only its misclassified pass.
     """
-    from ..train import Experiment  # the training stack is heavy; a worker imports it once
+    from ..train import (  # the training stack is heavy; a worker imports it once
+        Experiment,
+        summary_record,
+    )
 
     epoch = 0
     try:
         cfg = ExperimentConfig.from_dict(task.config)
-        exp = Experiment(cfg, Path(task.directory), device=task.device, resume=True)
+        exp = Experiment(cfg, Path(task.directory), device=task.device, resume=True, checked=True)
         epoch = exp.epoch
         metrics = None
         if exp.epoch < cfg.epochs:
@@ -98,10 +101,12 @@ def run_epoch_task(task: EpochTask) -> EpochResult:
                 metrics = exp.run_epoch().__dict__
             except DivergedError as e:
                 exp.diverged(e)
-                return result_from_exception(task.name, e)
+                result = result_from_exception(task.name, e)
+                result.record = summary_record(exp)
+                return result
         if exp.epoch >= cfg.epochs:
             exp.finish()
-            return EpochResult(task.name, Status.DONE, exp.epoch, metrics)
-        return EpochResult(task.name, Status.RUNNING, exp.epoch, metrics)
+            return EpochResult(task.name, Status.DONE, exp.epoch, metrics, record=summary_record(exp))
+        return EpochResult(task.name, Status.RUNNING, exp.epoch, metrics, record=summary_record(exp))
     except Exception as e:  # every failure of this one experiment: the study goes on
         return result_from_exception(task.name, e, epoch)

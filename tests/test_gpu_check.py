@@ -1,0 +1,46 @@
+"""benchmarks/gpu_check.py's host side on the CPU, and (only where a GPU exists) every executor on CUDA."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_its_host_side_and_never_calls_a_cuda_path_passed(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
+                           "--out", str(tmp_path), "--budget", "400"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    by = {c["check"]: c["result"] for c in result["checks"]}
+    assert by["grouped CUDA graph (--graph on)"] == "skipped"  # needs CUDA: not a pass
+    assert by["per-process (--grouped off)"] == "pass" and by["every zoo norm"] == "pass"
+    assert {"eager_ms_one", "grouped_eager_ms_k1", "grouped_eager_ms_per_member_k3"} <= set(result["step_ms"])
+    assert all(v > 0 for v in result["step_ms"].values())
+    one, ten = result["studies"]
+    assert one["study"] == "mission-1-seed" and ten["study"] == "mission-2-seeds"
+    assert one["exit"] == 0 and one["wall_seconds"] > 0
+    names = {r["name"] for r in ten["experiments"]}
+    assert names == {f"{n}-seed{s}" for n in ("bn-l1", "gn", "ln") for s in (1, 2)}
+    # every row compared with the committed CPU mission's range over its seeds
+    assert all(r["cpu_range"] is not None and r["within_cpu_range"] in (True, False) for r in ten["experiments"])
+    assert (tmp_path / "results" / "mission-gpu" / "summary.json").exists()
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("grouped,graph", [("off", "off"), ("on", "off"), ("on", "on"), ("auto", "auto")])
+def test_every_executor_trains_one_epoch_on_cuda(tmp_path, grouped, graph):
+    from normlab.config import ExperimentConfig
+    from normlab.runner import run_study
+    from normlab.studies import build_study
+
+    study = build_study("mission", ExperimentConfig(epochs=1, train_limit=4096, test_limit=2000), seeds=[1, 2])
+    outcome = run_study(study, tmp_path, device="cuda", grouped=grouped, graph=graph, quiet=True)
+    rows = outcome.summary["experiments"]
+    assert all(r["status"] == "done" for r in rows)
+    assert all(r["final_test_accuracy"] > 50 for r in rows)  # one epoch of 4,096 digits: far above chance
