@@ -10,7 +10,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__
+from . import __version__, interrupts
 from .config import SETTINGS, ExperimentConfig
 from .data import DATASETS
 from .errors import ConfigError, NormlabError, notice, os_error_fix
@@ -318,8 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     interrupted command end with that status."""
     args = build_parser().parse_args(argv)
     try:
-        with interrupts_raise_keyboard_interrupt(restore_after_interrupt=False):
-            return args.func(args)
+        try:
+            with interrupts_raise_keyboard_interrupt(restore_after_interrupt=False):
+                return args.func(args)
+        except Exception as e:  # after a signal, whatever a library turned the interrupt into
+            if interrupts.received():
+                raise KeyboardInterrupt from e
+            raise
     except ConfigError as e:  # worded for Python (groups=3); here the flag is named (--groups 3)
         print(f"normlab: error: {e.for_cli()}", file=sys.stderr)
         return EXIT_USAGE
@@ -335,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normlab: error: cannot access{where} ({e.strerror or e}); {os_error_fix(e)}.", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"normlab: interrupted; {INTERRUPTED.get(args.command, 'nothing was left half-written.')}",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted(args.command)
+
+
+def interrupted(command: str) -> int:
+    print(f"normlab: interrupted; {INTERRUPTED.get(command, 'nothing was left half-written.')}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def entry_point() -> None:

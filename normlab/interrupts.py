@@ -14,6 +14,14 @@ import threading
 from collections.abc import Iterator
 
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+_received = False
+
+
+def received() -> bool:
+    """Whether a signal arrived in the current block. A library can turn the KeyboardInterrupt into
+    another exception (matplotlib's class set-up wraps it in a RuntimeError, mid-import), so the
+    command line asks this rather than trusting the exception's type."""
+    return _received
 
 
 @contextlib.contextmanager
@@ -26,13 +34,15 @@ def interrupts_raise_keyboard_interrupt(restore_after_interrupt: bool = True) ->
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _received
     previous = {s: signal.getsignal(s) for s in SIGNALS}
-
+    _received = False
     interrupted = False
 
     def interrupt(signum, frame):
+        global _received
         nonlocal interrupted
-        interrupted = True
+        interrupted = _received = True
         for s in SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt

@@ -12,9 +12,10 @@ Why these choices (docs/statistics.md says it at length):
   of their error rates).
 - With 2-3 seeds a group's own variance has 1-2 degrees of freedom; **one variance pooled over
   the study's groups** (a one-way ANOVA's residual) has many. Groups whose variance is far beyond
-  the pool's (an F test, p < 0.01: "erratic", e.g. a run that sometimes sits at chance) are
-  kept out of it and compared with Welch's test on their own variance; groups whose seeds all
-  gave one value (every seed at chance) add nothing to it.
+  the pool of the steadier groups (an F test, p < 0.01, a forward search from the steadier half
+  of the study: "erratic", e.g. a run that sometimes sits at chance) are kept out of it and compared with
+  Welch's test on their own variance; groups whose seeds all gave one value (every seed at
+  chance) add nothing to it.
 - A report asks several questions at once; each **family** of comparisons is corrected with
   Holm's step-down method (as `statsmodels.stats.multitest.multipletests(method="holm")`, which a
   test holds it to).
@@ -121,22 +122,27 @@ class Pool:
 
 def pooled_variance(groups: list[Group]) -> Pool:
     """Residual variance of a one-way layout on the logit error scale, over groups with two or more
-    seeds that vary; a group whose own variance the others' pool makes unlikely (F test, p < 0.01)
-    is "erratic" and left out."""
-    varying = [g for g in groups if g.n > 1 and g.variance > 0]
-    erratic: set[str] = set()
-    for g in varying:
-        others = [o for o in varying if o is not g and o.name not in erratic]
-        df = sum(o.n - 1 for o in others)
-        if df == 0:
-            continue
-        pool = sum((o.n - 1) * o.variance for o in others) / df
-        if stats.f.sf(g.variance / pool, g.n - 1, df) < ERRATIC_P:
-            erratic.add(g.name)
-    kept = [g for g in varying if g.name not in erratic]
+    seeds that vary, built up by a forward search: the steadier half of the groups (by their own
+    variance) is the starting pool, then the others join in order of their variance, each tested
+    against the pool of those already in (F test); the first one the pool makes unlikely (p < 0.01)
+    and every group more variable than it are "erratic" and left out. So the outcome does not depend
+    on the order the groups come in, and wild groups cannot hide each other by inflating the pool
+    they are tested against (which testing each group against all the others allows)."""
+    ordered = sorted((g for g in groups if g.n > 1 and g.variance > 0), key=lambda g: (g.variance, g.name))
+    start = max(1, len(ordered) // 2)
+    kept = ordered[:start]
+    for i in range(start, len(ordered)):
+        g = ordered[i]
+        df = sum(o.n - 1 for o in kept)
+        if stats.f.sf(g.variance / (sum((o.n - 1) * o.variance for o in kept) / df), g.n - 1, df) < ERRATIC_P:
+            return _pool(kept, {o.name for o in ordered[i:]})
+        kept.append(g)
+    return _pool(kept, set())
+
+
+def _pool(kept: list[Group], erratic: set[str]) -> Pool:
     df = sum(g.n - 1 for g in kept)
-    variance = sum((g.n - 1) * g.variance for g in kept) / df if df else 0.0
-    return Pool(variance, df, erratic)
+    return Pool(sum((g.n - 1) * g.variance for g in kept) / df if df else 0.0, df, erratic)
 
 
 @dataclass

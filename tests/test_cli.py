@@ -216,3 +216,36 @@ def test_a_closed_output_pipe_is_a_quiet_exit(monkeypatch, capsys):
     assert main(["run", "grid15", "--dry-run"]) == 1
     assert "Traceback" not in capsys.readouterr().err
     closed.close()
+
+
+def test_an_interrupt_a_library_wraps_in_another_error_still_ends_as_interrupted(monkeypatch, capsys):
+    """A signal that lands while a class is being set up (matplotlib's import does this) reaches
+    normlab as a RuntimeError whose cause is the KeyboardInterrupt: still exit 130, one sentence."""
+    import os
+    import signal
+
+    import normlab.cli as cli
+
+    def import_something(args):
+        class Slow:
+            def __set_name__(self, owner, name):
+                os.kill(os.getpid(), signal.SIGTERM)
+                while True:  # the handler raises KeyboardInterrupt here
+                    pass
+
+        class Owner:  # creating it runs __set_name__
+            attribute = Slow()
+
+    monkeypatch.setattr(cli, "cmd_explain", import_something)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), import_something))
+    assert cli.main(["explain"]) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert err.startswith("normlab: interrupted;") and "Traceback" not in err
+
+
+def _with_func(parser, func):
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser

@@ -1,12 +1,14 @@
 """A committed report's corrected comparisons and intervals, recomputed from its per-experiment
-files by an independent route: the final accuracies read from each metrics.csv, the pooled
-variance from a statsmodels one-way OLS, Welch's test from scipy, the Holm correction from
+files by an independent route: the final accuracies read from each metrics.csv, the erratic groups
+by this file's own forward search, the pooled variance from a statsmodels one-way OLS, Welch's test
+and interval from scipy and statsmodels, McNemar from statsmodels, the Holm correction from
 statsmodels — none of normlab's statistics code. A mismatch means the report says something its
 files do not."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -18,26 +20,40 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["mission", "mission-powered", "placement", "init", "zoo", "batch-size", "gn-groups"]
+STUDIES = ["mission", "mission-powered", "placement", "init", "zoo", "batch-size", "gn-groups", "lr-range",
+           "mission-fashion-mnist", "grid15"]
+IGNORED = {"name", "seed", "dataset", "epochs"}  # what never makes two experiment names differ in a setting
 
 
-def finals(study: Path) -> tuple[dict[str, list[float]], int]:
-    """Each experiment name's final test accuracies over its finished seeds, and the test-set size."""
-    by: dict[str, list[float]] = defaultdict(list)
-    n_test = None
-    for d in sorted(p for p in study.iterdir() if (p / "metrics.csv").exists()):
-        if json.loads((d / "status.json").read_text())["status"] != "done":
-            continue
-        cfg = json.loads((d / "config.json").read_text())
-        rows = list(csv.DictReader((d / "metrics.csv").open()))
-        by[cfg["name"]].append(float(rows[-1]["test_accuracy"]))
-        n = cfg.get("test_limit") or 10000
-        assert n_test in (None, n)
-        n_test = n
-    return by, n_test
+class Study:
+    """The finished runs of one committed study, read straight from their folders."""
+
+    def __init__(self, name: str):
+        self.dir = ROOT / "results" / name
+        self.text = (self.dir / "report.md").read_text()
+        self.acc: dict[str, list[float]] = defaultdict(list)
+        self.cfg: dict[str, dict] = {}
+        self.wrong: dict[str, set[int]] = {}
+        self.n_test = None
+        for d in sorted(p for p in self.dir.iterdir() if (p / "metrics.csv").exists()):
+            if json.loads((d / "status.json").read_text())["status"] != "done":
+                continue
+            cfg = json.loads((d / "config.json").read_text())
+            rows = list(csv.DictReader((d / "metrics.csv").open()))
+            self.acc[cfg["name"]].append(float(rows[-1]["test_accuracy"]))
+            self.cfg.setdefault(cfg["name"], cfg)
+            wrong = json.loads((d / "misclassified.json").read_text()).get("wrong_indices")
+            if wrong is not None:
+                self.wrong[cfg["name"]] = set(wrong)
+            n = cfg.get("test_limit") or 10000
+            assert self.n_test in (None, n)
+            self.n_test = n
+        self.logit = {k: logit(np.array(v), self.n_test) for k, v in self.acc.items()}
 
 
 def logit(acc: np.ndarray, n: int) -> np.ndarray:
@@ -45,15 +61,36 @@ def logit(acc: np.ndarray, n: int) -> np.ndarray:
     return np.log((wrong + 0.5) / (n - wrong + 0.5))
 
 
-def report_sections(text: str) -> list[tuple[str, list[list[str]]]]:
-    """(heading, rows) of every comparison table: rows of | A | B | seeds | diff | odds | test | p | Holm p | verdict |."""
+def erratic_and_pool(study: Study) -> tuple[set[str], float | None, int]:
+    """The forward search of docs/statistics.md, written again: the steadier half pools, the others
+    join by variance until an F test (p < 0.01) rejects one; then OLS on the kept groups."""
+    varying = sorted(((np.var(v, ddof=1), k) for k, v in study.logit.items() if len(v) > 1 and np.var(v) > 0))
+    kept = [k for _, k in varying[:max(1, len(varying) // 2)]]
+    erratic: set[str] = set()
+    for i, (var, k) in enumerate(varying[len(kept):], start=len(kept)):
+        df = sum(len(study.logit[o]) - 1 for o in kept)
+        pool = sum((len(study.logit[o]) - 1) * np.var(study.logit[o], ddof=1) for o in kept) / df
+        if sps.f.sf(var / pool, len(study.logit[k]) - 1, df) < 0.01:
+            erratic = {name for _, name in varying[i:]}
+            break
+        kept.append(k)
+    if not kept:
+        return erratic, None, 0
+    frame = pd.DataFrame({"y": np.concatenate([study.logit[k] for k in kept]),
+                          "g": sum(([k] * len(study.logit[k]) for k in kept), [])})
+    fit = smf.ols("y ~ C(g)", data=frame).fit()
+    return erratic, fit.mse_resid, int(fit.df_resid)
+
+
+def sections(text: str) -> list[tuple[str, int, list[list[str]]]]:
+    """(heading, number of tests, rows) of every comparison table."""
     out = []
-    for block in re.split(r"\n### ", text.split("## Comparisons", 1)[1])[1:]:
+    for block in re.split(r"\n### ", text.split("## Comparisons", 1)[1].split("\n## ", 1)[0])[1:]:
         heading = block.splitlines()[0]
+        size = int(re.search(r"\((\d+) tests?\)", heading).group(1))
         rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
                 if line.startswith("| ") and not line.startswith("| A ")]
-        if rows and len(rows[0]) == 9:
-            out.append((heading, rows))
+        out.append((heading, size, rows))
     return out
 
 
@@ -63,72 +100,95 @@ def close(mine: float, shown: str) -> bool:
     return math.isclose(mine, value, rel_tol=0.051, abs_tol=1e-12) or (value == 1 and mine >= 0.995)
 
 
+def differ_only_in(study: Study, a: str, b: str) -> set[str]:
+    ca, cb = study.cfg[a], study.cfg[b]
+    return {k for k in ca if k not in IGNORED and ca.get(k) != cb.get(k)}
+
+
+def compare_pair(study: Study, a: str, b: str, erratic: set[str], mse: float | None, df: int) -> tuple[float, float, float, str]:
+    """(p, odds ratio, low, high, test name) of A against B on the logit error rate."""
+    la, lb = study.logit[a], study.logit[b]
+    delta = la.mean() - lb.mean()
+    if a in erratic or b in erratic or not mse:
+        p = sps.ttest_ind(la, lb, equal_var=False).pvalue
+        low, high = CompareMeans(DescrStatsW(la), DescrStatsW(lb)).tconfint_diff(usevar="unequal")
+        return p, math.exp(delta), math.exp(low), math.exp(high), "Welch"
+    se = math.sqrt(mse * (1 / len(la) + 1 / len(lb)))
+    half = sps.t.ppf(0.975, df) * se
+    return (2 * sps.t.sf(abs(delta) / se, df), math.exp(delta), math.exp(delta - half), math.exp(delta + half),
+            f"pooled t, {df} df")
+
+
 @pytest.mark.parametrize("name", STUDIES)
 def test_every_corrected_comparison_recomputes_from_the_result_files(name):
-    study = ROOT / "results" / name
-    text = (study / "report.md").read_text()
-    if "Holm" not in text:
-        pytest.skip(f"results/{name}/report.md predates corrected comparisons")
-    by, n = finals(study)
-    logs = {k: logit(np.array(v), n) for k, v in by.items()}
-    erratic = set()
-    m = re.search(r"left out as erratic, and compared with Welch's test on their own variance: ([^)]*)\)", text)
-    if m:
-        erratic = {s.strip() for s in m.group(1).split(",")}
-    pooled = [k for k, v in logs.items() if len(v) > 1 and np.var(v) > 0 and k not in erratic]
-    sections = report_sections(text)
-    assert sections, "the report has comparison tables"
-    mse = df = None
-    if pooled:
-        frame = pd.DataFrame({"y": np.concatenate([logs[k] for k in pooled]),
-                              "g": sum(([k] * len(logs[k]) for k in pooled), [])})
-        fit = smf.ols("y ~ C(g)", data=frame).fit()
-        mse, df = fit.mse_resid, int(fit.df_resid)
-        assert f"one-way layout: {df} degrees of freedom" in text
-    for heading, rows in sections:
-        tested, shown_holm = [], []
-        for a, b, _seeds, diff, odds, test, p, holm_p, _verdict in rows:
-            la, lb = logs[a], logs[b]
-            assert math.isclose(float(diff), np.mean(by[a]) - np.mean(by[b]), abs_tol=0.0006), (heading, a, b)
+    study = Study(name)
+    erratic, mse, df = erratic_and_pool(study)
+    if erratic:
+        assert ("erratic, and compared with Welch's test on their own variance: " + ", ".join(sorted(erratic))
+                in study.text)
+    else:
+        assert "left out as erratic" not in study.text
+    assert f"one-way layout: {df} degrees of freedom" in study.text
+    tables = sections(study.text)
+    assert tables, "the report has comparison tables"
+    for heading, size, rows in tables:
+        if rows and len(rows[0]) == 7:  # single runs, image by image
+            ps = []
+            for a, b, only_a, only_b, p, holm_p, _verdict in rows:
+                wa, wb = study.wrong[a], study.wrong[b]
+                assert (int(only_a), int(only_b)) == (len(wa - wb), len(wb - wa)), (heading, a, b)
+                table = [[0, len(wa - wb)], [len(wb - wa), 0]]
+                ps.append(mcnemar(table, exact=True).pvalue)
+                assert close(ps[-1], p), (heading, a, b, ps[-1], p)
+            assert len(rows) == size
+            for mine, (*_, holm_p, _v) in zip(multipletests(ps, method="holm")[1], rows):
+                assert close(mine, holm_p), (heading, mine, holm_p)
+            continue
+        setting = re.match(r"Pairs that differ in (\w+) alone", heading)
+        if setting:  # every pair of names that differ in that setting alone, listed or not
+            names = sorted(study.acc, key=list(study.cfg).index)
+            pairs = [(a, b) for a, b in itertools.combinations(names, 2)
+                     if differ_only_in(study, a, b) == {setting.group(1)}]
+        else:
+            pairs = [(r[0], r[1]) for r in rows]
+        results = {pair: compare_pair(study, *pair, erratic, mse, df) for pair in pairs}
+        tested = [pair for pair in pairs if len(study.logit[pair[0]]) > 1 and len(study.logit[pair[1]]) > 1]
+        assert len(tested) == size, (heading, len(tested), size)  # the heading counts the tests
+        holm = dict(zip(tested, multipletests([results[p][0] for p in tested], method="holm")[1]))
+        holm.update({(b, a): v for (a, b), v in list(holm.items())})
+        if len(pairs) <= 40:
+            assert len(rows) == len(pairs), heading  # a family of up to 40 lists every comparison
+        for a, b, _seeds, diff, odds, test, p, holm_p, verdict in rows:
+            assert math.isclose(float(diff), np.mean(study.acc[a]) - np.mean(study.acc[b]), abs_tol=0.0006)
             if p in ("–", "-", ""):
                 continue
-            delta = la.mean() - lb.mean()
-            if test == "Welch":
-                mine_p = sps.ttest_ind(la, lb, equal_var=False).pvalue
-            else:
-                assert test == f"pooled t, {df} df", (heading, a, b, test)
-                t = delta / math.sqrt(mse * (1 / len(la) + 1 / len(lb)))
-                mine_p = 2 * sps.t.sf(abs(t), df)
-            assert close(mine_p, p), (heading, a, b, mine_p, p)
-            assert close(math.exp(delta), odds.split(" ")[0]), (heading, a, b, math.exp(delta), odds)
-            tested.append(mine_p)
-            shown_holm.append(holm_p)
-        if tested:
-            for mine, shown in zip(multipletests(tested, method="holm")[1], shown_holm):
-                assert close(mine, shown), (heading, mine, shown)
+            mine_p, ratio, low, high, mine_test = compare_pair(study, a, b, erratic, mse, df)
+            assert test == mine_test, (heading, a, b, test, mine_test)
+            assert close(mine_p, p) and close(holm[(a, b)], holm_p), (heading, a, b, mine_p, p, holm[(a, b)], holm_p)
+            shown = re.match(r"(\S+) \((\S+) to (\S+)\)", odds)
+            assert close(ratio, shown.group(1)) and close(low, shown.group(2)) and close(high, shown.group(3)), \
+                (heading, a, b, ratio, low, high, odds)
+            assert (verdict != "not distinguishable") == (holm[(a, b)] < 0.05), (heading, a, b, verdict)
 
 
 @pytest.mark.parametrize("name", STUDIES)
 def test_every_interval_of_a_mean_recomputes_from_the_result_files(name):
-    study = ROOT / "results" / name
-    text = (study / "report.md").read_text()
-    if "logit error rate, transformed back" not in text:
-        pytest.skip(f"results/{name}/report.md predates logit intervals")
-    by, n = finals(study)
+    study = Study(name)
+    n = study.n_test
     checked = 0
-    for line in text.split("## Results", 1)[1].split("\n## ", 1)[0].splitlines():
+    for line in study.text.split("## Results", 1)[1].split("\n## ", 1)[0].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 6 or cells[0] not in by:
+        if len(cells) < 6 or cells[0] not in study.acc:
             continue
-        if len(by[cells[0]]) < 3:  # below three seeds an interval is a number the data cannot carry
+        checked += 1
+        values = study.acc[cells[0]]
+        if len(values) < 3:  # below three seeds an interval is a number the data cannot carry
             assert " to " not in cells[5], cells
-            checked += 1
             continue
         if " to " not in cells[5]:
-            assert len(set(by[cells[0]])) == 1, cells  # only where every seed gave one value
-            checked += 1
+            assert len(set(values)) == 1, cells  # only where every seed gave one value
             continue
-        y = logit(np.array(by[cells[0]]), n)
+        y = study.logit[cells[0]]
         half = sps.t.ppf(0.975, len(y) - 1) * y.std(ddof=1) / math.sqrt(len(y))
 
         def back(v: float) -> float:
@@ -137,8 +197,7 @@ def test_every_interval_of_a_mean_recomputes_from_the_result_files(name):
 
         low, high = (float(x) for x in cells[5].split(" to "))
         assert abs(back(y.mean() + half) - low) <= 0.006 and abs(back(y.mean() - half) - high) <= 0.006, cells
-        checked += 1
-    assert checked == len(by), "every experiment name has its row"
+    assert checked == len(study.acc), "every experiment name has its row"
 
 
 @pytest.mark.parametrize("name", ["mission"])

@@ -84,6 +84,18 @@ def test_an_erratic_group_is_not_pooled_and_is_compared_on_its_own_variance():
     assert c.test == "Welch" and math.isclose(c.p, welch.pvalue, rel_tol=1e-9)
 
 
+def test_which_groups_are_erratic_does_not_depend_on_their_order():
+    """Two wild groups among steady ones: tested in list order, the first wild group can hide the
+    second (it inflates the others' pool); the most extreme first, then again, finds both in any order."""
+    import itertools
+
+    groups = [Group("ok1", [99.4, 99.5, 99.45], 10000), Group("ok2", [99.3, 99.35, 99.4], 10000),
+              Group("ok3", [99.2, 99.3, 99.25], 10000), Group("ok4", [99.5, 99.45, 99.55], 10000),
+              Group("wild", [63.74, 96.0, 96.61], 10000), Group("wilder", [11.35, 73.67, 49.12], 10000)]
+    outcomes = {(frozenset(p.erratic), p.df) for p in map(pooled_variance, itertools.permutations(groups))}
+    assert outcomes == {(frozenset({"wild", "wilder"}), 8)}
+
+
 def test_single_runs_are_compared_image_by_image(tmp_path):
     import json
     summary = {"experiments": []}
