@@ -134,7 +134,7 @@ def test_every_corrected_comparison_recomputes_from_the_result_files(name):
     for heading, size, rows in tables:
         if rows and len(rows[0]) == 7:  # single runs, image by image
             ps = []
-            for a, b, only_a, only_b, p, holm_p, _verdict in rows:
+            for a, b, only_a, only_b, p, _holm_p, _verdict in rows:
                 wa, wb = study.wrong[a], study.wrong[b]
                 assert (int(only_a), int(only_b)) == (len(wa - wb), len(wb - wa)), (heading, a, b)
                 table = [[0, len(wa - wb)], [len(wb - wa), 0]]
