@@ -2,7 +2,7 @@
 
 Trains epoch 1 of the same experiment (mission settings, one torch thread, as a study's worker)
 with `dynamics` off and on, alternating, `--repeats` times each, on the same machine in one run,
-and reports the ratio of the median epoch times. Epoch 1 records 10 of its steps; later epochs
+and reports the ratio of the median epoch times. Epoch 1 records 8 of its 79 steps (1, 2, 4, … and its last); later epochs
 record one, so this is the upper bound of the overhead.
 
     python benchmarks/dynamics_overhead.py [--norms bn frn] [--repeats 3] [--train-limit N] [--json-out F]
