@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import signal
 import sys
 import typing
 from dataclasses import fields
@@ -320,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             with interrupts_raise_keyboard_interrupt(restore_after_interrupt=False):
-                return args.func(args)
+                code = args.func(args)
+            if interrupts.received():  # the interrupt was swallowed where Python cannot raise it
+                raise KeyboardInterrupt
+            return code
         except Exception as e:  # after a signal, whatever a library turned the interrupt into
             if interrupts.received():
                 raise KeyboardInterrupt from e
@@ -354,6 +358,8 @@ def entry_point() -> None:
     though normlab handled it and printed its sentence; so an interrupted command finishes its exit
     here, after the exit handlers, with the 130 that `main` returned."""
     code = main()
+    for s in interrupts.SIGNALS:  # the work is over: a late signal no longer changes how it ended
+        signal.signal(s, signal.SIG_IGN)
     if code == EXIT_INTERRUPTED:
         atexit._run_exitfuncs()
         sys.stdout.flush()

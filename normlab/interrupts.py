@@ -9,12 +9,15 @@ ones ignored until normlab has finished that cleanup, so a second Ctrl-C never p
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 _received = False
+MAX_REDELIVERIES = 5
 
 
 def received() -> bool:
@@ -36,8 +39,10 @@ def interrupts_raise_keyboard_interrupt(restore_after_interrupt: bool = True) ->
         return
     global _received
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous_hook = sys.unraisablehook
     _received = False
     interrupted = False
+    redelivered = 0
 
     def interrupt(signum, frame):
         global _received
@@ -47,8 +52,26 @@ def interrupts_raise_keyboard_interrupt(restore_after_interrupt: bool = True) ->
             signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt
 
+    def swallowed(unraisable):
+        """A KeyboardInterrupt raised inside a callback Python cannot raise from (a weakref's, a
+        __del__) is dropped with a printed traceback, and the block would go on as if no signal had
+        come. Deliver it again instead, to the code the block runs (a few times at most)."""
+        nonlocal redelivered
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return previous_hook(unraisable)
+        if redelivered < MAX_REDELIVERIES:
+            redelivered += 1
+            for s in SIGNALS:
+                signal.signal(s, interrupt)
+            # from another thread, a moment later: a signal sent from here would be handled inside
+            # this hook, where it would be dropped again
+            timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+
     for s in SIGNALS:
         signal.signal(s, interrupt)
+    sys.unraisablehook = swallowed
     try:
         yield
     except KeyboardInterrupt:  # raised here or by an inner handler: the same interrupt
@@ -58,6 +81,7 @@ def interrupts_raise_keyboard_interrupt(restore_after_interrupt: bool = True) ->
                 signal.signal(s, signal.SIG_IGN)
         raise
     finally:
+        sys.unraisablehook = previous_hook
         if restore_after_interrupt or not interrupted:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -249,3 +249,39 @@ def _with_func(parser, func):
         for sub in action.choices.values():
             sub.set_defaults(func=func)
     return parser
+
+
+def test_an_interrupt_python_swallows_in_a_callback_still_ends_the_command(monkeypatch, capsys):
+    """A signal whose KeyboardInterrupt is raised inside a weakref callback (garbage collection
+    during plotting does this) is dropped by Python with a printed traceback; normlab delivers it
+    again, so the command still stops: exit 130, one sentence, no traceback."""
+    import os
+    import signal
+    import weakref
+
+    import normlab.cli as cli
+
+    steps = [0]
+
+    def work_with_a_callback(args):
+        class Thing:
+            pass
+
+        def callback(_):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**8):  # the handler raises KeyboardInterrupt here, inside the callback
+                pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)  # noqa: F841 - kept alive so the callback runs
+        del thing  # runs the callback
+        for _ in range(3 * 10**7):  # the command's own work goes on, until the interrupt arrives again
+            steps[0] += 1
+        return 0
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), work_with_a_callback))
+    assert cli.main(["explain"]) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "normlab: interrupted;" in err and "Traceback" not in err, err
+    assert steps[0] < 3 * 10**7  # stopped, not run to the end
