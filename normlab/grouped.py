@@ -114,6 +114,11 @@ class GroupedEpoch:
         self.graph = graph and self.device.type == "cuda"  # capture the step as a CUDA graph (normlab.graphs)
         self._graphs: dict[int, object] = {}  # batch size -> captured graph
         self._static: dict[int, dict] = {}  # batch size -> the step's static input and output tensors
+        # one generator object per slot, and the epoch's sums, for the group's life: a graph holds them
+        self.gens = [torch.Generator(device=self.device) for _ in self.slots]
+        self.drops = [torch.Generator(device=self.device) for _ in self.slots]
+        self.loss_sum = torch.zeros(len(self.slots), device=self.device)
+        self.correct = torch.zeros(len(self.slots), dtype=torch.long, device=self.device)
 
     @property
     def members(self) -> list[Experiment]:
@@ -274,11 +279,6 @@ class GroupedEpoch:
         first = self.members[0]
         steps = len(first.slices) if steps is None else steps
         dev, dtype = self.device, next(iter(self.params.values())).dtype
-        if not hasattr(self, "gens"):  # one generator object per slot for the group's life: a graph holds them
-            self.gens = [torch.Generator(device=dev) for _ in self.slots]
-            self.drops = [torch.Generator(device=dev) for _ in self.slots]
-            self.loss_sum = torch.zeros(len(self.slots), device=dev)
-            self.correct = torch.zeros(len(self.slots), dtype=torch.long, device=dev)
         self.loss_sum.zero_()
         self.correct.zero_()
         orders = []
