@@ -1,7 +1,7 @@
 """Checkpoints that rebuild their own model and carry their experiment's whole record.
 
-A checkpoint holds the config, the metrics history, the device, the parameter count and (for a
-diverged run) the divergence, next to the model, optimizer and schedule state. It is the one
+A checkpoint holds the config, the metrics history, the device, what trained each epoch (code
+version, process x thread layout), the parameter count and (for a diverged run) the divergence, next to the model, optimizer and schedule state. It is the one
 source of truth of an experiment: config.json, metrics.csv, dynamics.csv and status.json are views of it
 (`normlab.recovery` rebuilds them). Written atomically, read with weights_only=True.
 """
@@ -19,6 +19,7 @@ import torch
 from .errors import NormlabError, first_line
 from .fileio import atomic_write_bytes
 from .model import Net, NetConfig
+from .provenance import valid as provenance_valid
 
 FORMAT = "normlab-checkpoint"
 VERSION = 2  # 2 adds history, device, params and diverged; version 1 files are still read
@@ -28,7 +29,8 @@ REQUIRED = {"epoch": int, "experiment": dict, "net_config": dict, "model": dict,
 
 def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, model: dict,
                     optimizer: dict, scheduler: dict, epoch: int, history: list[dict], device: str,
-                    params: int, diverged: dict | None = None, dynamics: list[dict] | None = None) -> None:
+                    params: int, diverged: dict | None = None, dynamics: list[dict] | None = None,
+                    provenance: list[dict] | None = None) -> None:
     """Everything needed to continue training after `epoch`, to rebuild the model, or its views."""
     buf = io.BytesIO()
     state = {
@@ -45,6 +47,7 @@ def save_checkpoint(path: Path, *, experiment: dict, net_config: NetConfig, mode
         "params": params,
         "diverged": diverged,
         "dynamics": dynamics or [],  # normlab.dynamics rows; absent from files written before it existed
+        "provenance": provenance or [],  # normlab.provenance: what trained which epochs; absent before it existed
     }
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -128,6 +131,8 @@ def load_checkpoint(path: Path | str) -> dict:
         dynamics = state.setdefault("dynamics", [])
         if not isinstance(dynamics, list) or not all(isinstance(r, dict) for r in dynamics):
             bad.append("dynamics")
+        if not provenance_valid(state.setdefault("provenance", [])):
+            bad.append("provenance")
     if bad:
         raise _not_a_checkpoint(path, f"missing or malformed {', '.join(bad)}")
     return state

@@ -262,9 +262,7 @@ class GroupedEpoch:
                 images_per_second=seen / train_seconds,
                 val_loss=None if val_loss[k] is None else round(val_loss[k], 6),
                 val_accuracy=None if val_accuracy[k] is None else round(val_accuracy[k], 4))
-            m.epoch = epoch
-            m.history.append(metrics.row())
-            m.save()
+            m.land(metrics, members=len(self.real))
             outcome[m.cfg.dirname] = metrics
         return outcome
 

@@ -127,9 +127,13 @@ def _misclassified_ok(read: Read) -> bool:
         for im in images) and isinstance(read.value.get("wrong_total"), int)
 
 
+UNRECORDED = "unrecorded"  # the device of a format-1 checkpoint: it kept none, and its status.json was a guess
+
+
 def _upgrade_version_1(d: Path, state: dict) -> dict | str:
     """A version-1 checkpoint as version 2, or why it cannot be: it carries no history, device or
-    divergence, so its metrics.csv and status.json are the record, when they are intact."""
+    divergence, so its metrics.csv and status.json are the record, when they are intact. Its device
+    is unrecorded: the status.json of that format named "cpu" for runs trained on a GPU."""
     text = read_text(d / METRICS)
     try:
         rows = parse_metrics(text.value) if text.ok else None
@@ -144,7 +148,7 @@ def _upgrade_version_1(d: Path, state: dict) -> dict | str:
     if recorded.get("status") == DIVERGED:
         diverged = {"epoch": recorded.get("diverged_epoch"), "message": recorded.get("message", "")}
     return {**state, "history": rows[: state["epoch"]], "diverged": diverged, "dynamics": [],
-            "params": recorded.get("params"), "device": recorded.get("device", "cpu")}
+            "params": recorded.get("params"), "device": UNRECORDED}
 
 
 def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) -> ExperimentState:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as datasets
+from .analysis import declare as declare_analysis
 from .config import ExperimentConfig
 from .errors import NormlabError, notice
 from .execution import EpochResult, Pending, Progress, Status
@@ -33,7 +34,7 @@ from .interrupts import interrupts_raise_keyboard_interrupt
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
 from .results import DIVERGED, DONE, RUNNING
 from .studies import Study
-from .summary import load_study_meta, machine_description, save_study_meta, write_summary
+from .summary import load_study_meta, machine_description, machines_of, save_study_meta, write_summary
 
 
 @dataclass
@@ -135,6 +136,9 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                     experiments=earlier + [cfg.to_dict() for cfg in study.experiments])
         if study.families:
             meta["families"] = study.families
+        if not isinstance(meta.get("analysis"), dict):  # declared once; a plan on record is never replaced
+            before_data = not earlier and all(state.epoch == 0 for state in states.values())
+            meta["analysis"] = declare_analysis(study.analysis, before_data)
         for name, state in states.items():
             repair_views(state, notify)
             if state.kind == FINISHING:
@@ -174,7 +178,9 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                 export.close()
             if trains:  # a resume that only writes files keeps the record of the machine that trained
                 _record_wall(meta, start)
+                meta["machines"] = machines_of(meta)  # the machines before this one, then this one
                 meta.update(machine=machine_description(device), workers=workers)
+                meta["machines"] = machines_of(meta)
             save_study_meta(out, meta)
             # what the planning read and the tasks reported; an interrupted or failed experiment is read again
             known = {} if interrupted else after_run(out, states, progress.latest)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .analysis import validate as validate_analysis
 from .config import NAME_PATTERN, SETTINGS, ExperimentConfig
 from .errors import ArgumentError, ConfigError, NormlabError
 
@@ -44,6 +45,7 @@ class Study:
     description: str = ""
     warnings: list[str] = field(default_factory=list)  # e.g. an override that a name template hides
     families: list[dict] = field(default_factory=list)  # the comparisons its report makes (normlab.comparisons)
+    analysis: dict = field(default_factory=dict)  # the study file's [analysis] (normlab.analysis), checked
 
 
 def presets() -> list[str]:
@@ -87,6 +89,7 @@ class StudySpec:
     base: dict = field(default_factory=dict)
     source: str = "the command line"
     families: list[dict] = field(default_factory=list)
+    analysis: dict = field(default_factory=dict)
 
 
 def read_study_file(study: str | Path) -> StudySpec:
@@ -99,7 +102,8 @@ def read_study_file(study: str | Path) -> StudySpec:
         raise NormlabError(f"{path} is not valid TOML ({e}); fix the file.") from None
     except OSError as e:
         raise NormlabError(f"cannot read study file {path} ({e.strerror}).") from None
-    _check_keys(str(path), doc, ("description", "base", "grid", "family"))
+    _check_keys(str(path), doc, ("description", "base", "grid", "family", "analysis"))
+    analysis = validate_analysis(doc.get("analysis", {}), f"{path} [analysis]")
     base = doc.get("base", {})
     grids = doc.get("grid", [])
     if not isinstance(base, dict) or not isinstance(grids, list) or not grids \
@@ -118,7 +122,8 @@ def read_study_file(study: str | Path) -> StudySpec:
         if "name" in grid and not isinstance(grid["name"], str):
             raise NormlabError(f"{path} [[grid]] number {i}: name must be a string template like \"gn-g{{groups}}\".")
     return StudySpec(name=path.stem, description=str(doc.get("description", "")), grids=grids, base=base,
-                     source=str(path), families=_read_families(path, doc.get("family", [])))
+                     source=str(path), families=_read_families(path, doc.get("family", [])),
+                     analysis={k: v for k, v in analysis.items() if k in doc.get("analysis", {})})
 
 
 FAMILY_KEYS = ("question", "differ_in", "among", "reference")
@@ -254,7 +259,7 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
                 f"names do not show; the names (e.g. {experiments[0].name!r}) no longer describe it."
                 for k in hidden]
     return Study(name=spec.name, experiments=experiments, description=spec.description, warnings=warnings,
-                 families=spec.families)
+                 families=spec.families, analysis=spec.analysis)
 
 
 def _experiment(spec: StudySpec, settings: dict, overrides: dict) -> ExperimentConfig:

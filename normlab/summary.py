@@ -24,7 +24,7 @@ from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_vie
 from .results import CHECKPOINT, CONFIG, DAMAGED, MISCLASSIFIED, STUDY, SUMMARY, read_json_file
 
 STUDY_FIELDS = ("study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
-                "workers", "families")
+                "machines", "workers", "families", "analysis")
 
 
 def machine_description(device: str = "cpu") -> dict:
@@ -43,6 +43,14 @@ def machine_description(device: str = "cpu") -> dict:
     return info
 
 
+def machines_of(meta: dict) -> list[dict]:
+    """Every machine that trained some of the study (the last one is `machine`), oldest first."""
+    machines = list(meta.get("machines") or [])
+    if meta.get("machine") and meta["machine"] not in machines:
+        machines.append(meta["machine"])
+    return machines
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
@@ -58,6 +66,7 @@ def meta_problem(meta: dict) -> str | None:
         "round_wall_seconds": lambda v: isinstance(v, dict) and all(
             re.fullmatch(r"seed \d+", str(k)) and _number(x) for k, x in v.items()),
         "machine": lambda v: isinstance(v, dict),
+        "machines": lambda v: isinstance(v, list) and all(isinstance(m, dict) for m in v),
         "workers": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
         "families": lambda v: isinstance(v, list) and all(isinstance(f, dict) for f in v),
     }
@@ -76,8 +85,8 @@ def meta_problem(meta: dict) -> str | None:
 
 def _meta_from_summary(summary: dict) -> dict:
     """study.json's fields as a summary.json records them (for rebuilding a lost study.json)."""
-    meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "workers", "families")
-            if k in summary}
+    meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "machines", "workers",
+                                    "families", "analysis") if k in summary}
     rounds = summary.get("seed_rounds")
     if isinstance(rounds, list) and all(isinstance(r, dict) and isinstance(r.get("seed"), int) for r in rounds):
         meta["round_wall_seconds"] = {f"seed {r['seed']}": r.get("wall_seconds") for r in rounds}
@@ -155,6 +164,8 @@ def experiment_entry(study_dir: Path, state: ExperimentState) -> dict:
         "checkpoint": os.path.relpath(state.dir / CHECKPOINT, study_dir) if rows else None,
         "dir": os.path.relpath(state.dir, study_dir),
         "status": state.status,
+        "device": ckpt.get("device"),
+        "trained_by": ckpt.get("provenance", []),  # code, device, processes x threads per stretch of epochs
     }
     diverged = ckpt.get("diverged")
     if state.kind == DAMAGED:
@@ -182,10 +193,13 @@ def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | N
         "description": meta.get("description", ""),
         "wall_seconds": meta.get("wall_seconds"),
         "machine": meta.get("machine", {}),
+        "machines": machines_of(meta),
         "workers": meta.get("workers"),
     }
     if meta.get("families"):  # the questions the study file asks its report to answer
         summary["families"] = meta["families"]
+    if meta.get("analysis"):  # the plan declared for the study (normlab.analysis)
+        summary["analysis"] = meta["analysis"]
     if meta.get("round_wall_seconds"):
         summary["seed_rounds"] = [{"seed": int(k.split()[1]), "wall_seconds": v}
                                   for k, v in meta["round_wall_seconds"].items()]

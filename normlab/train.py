@@ -23,6 +23,8 @@ from .augment import random_affine
 from .checkpoint import load_checkpoint, save_checkpoint, weights_l1
 from .config import ExperimentConfig
 from .dynamics import DynamicsRecorder, recorded_steps
+from .provenance import extend as extend_provenance
+from .provenance import layout_entry
 from .errors import DamagedError, DivergedError, NormlabError, first_line, notice
 from .fileio import atomic_write_json, read_json
 from .model import Net, count_parameters
@@ -155,10 +157,13 @@ class Experiment:
     """
 
     def __init__(self, cfg: ExperimentConfig, exp_dir: Path, device: str | torch.device = "cpu",
-                 resume: bool = False, notify: Callable[[str], None] = notice, checked: bool = False):
+                 resume: bool = False, notify: Callable[[str], None] = notice, checked: bool = False,
+                 executor: str = "local", processes: int = 1):
         """`checked`: the study already cross-checked this directory (once, under its lock), so
-        only the checkpoint is read — one torch.load — and nothing else is inspected again."""
+        only the checkpoint is read — one torch.load — and nothing else is inspected again.
+        `executor` and `processes` (training side by side) go into each epoch's provenance."""
         self.cfg = cfg
+        self.executor, self.processes = executor, processes
         self.dir = Path(exp_dir)
         self.device = resolve_device(str(device))
         self.data = load_data(cfg.dataset, cfg.train_limit, cfg.test_limit, self.device.type, cfg.val_split)
@@ -174,6 +179,7 @@ class Experiment:
         self.epoch = 0
         self.history: list[dict] = []
         self.dynamics: list[dict] = []  # normlab.dynamics rows, kept in the checkpoint
+        self.provenance: list[dict] = []  # what trained which epochs (normlab.provenance)
         self.diverged_at: dict | None = None
         if checkpoint is not None and checkpoint.get("version") != 1:
             self._restore(checkpoint)
@@ -220,13 +226,14 @@ class Experiment:
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.dynamics = list(state.get("dynamics") or [])
+        self.provenance = list(state.get("provenance") or [])
         self.diverged_at = state.get("diverged")
 
     def record(self) -> dict:
         """The experiment's record as its checkpoint stores it, less the tensors."""
         return {"experiment": self.cfg.to_dict(), "epoch": self.epoch, "history": self.history,
                 "device": str(self.device), "params": self.params, "diverged": self.diverged_at,
-                "dynamics": self.dynamics}
+                "dynamics": self.dynamics, "provenance": self.provenance}
 
     def save(self) -> None:
         """The checkpoint first (the source of truth), then its views."""
@@ -329,10 +336,17 @@ class Experiment:
             val_loss=val_loss,
             val_accuracy=val_accuracy,
         )
-        self.epoch = epoch
-        self.history.append(metrics.row())
-        self.save()
+        self.land(metrics)
         return metrics
+
+    def land(self, metrics: EpochMetrics, members: int = 1) -> None:
+        """Add a trained epoch to the record — its metrics and what trained it — then save it.
+        `members`: models trained as one step with this one (the grouped executor)."""
+        self.epoch = metrics.epoch
+        self.history.append(metrics.row())
+        entry = layout_entry(str(self.device), torch.get_num_threads(), self.executor, self.processes, members)
+        self.provenance = extend_provenance(self.provenance, metrics.epoch, entry)
+        self.save()
 
     def finish(self) -> None:
         """Record the most confident mistakes on the test set, then mark the experiment done."""

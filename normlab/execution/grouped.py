@@ -61,7 +61,8 @@ class GroupedExecutor:
                         continue
                     cfg = pending[name].config
                     try:
-                        exp = Experiment(cfg, out / name, device=self.device, resume=True, checked=True)
+                        exp = Experiment(cfg, out / name, device=self.device, resume=True, checked=True,
+                                         executor="grouped")
                     except Exception as e:
                         take(result_from_exception(name, e, pending[name].done))
                         continue

@@ -186,7 +186,8 @@ class LocalExecutor:
                 if not pool.workers[i].process.is_alive():  # died after its last result
                     pool.replace(pool.workers[i])
                 p = pending[name]
-                pool.workers[i].send(EpochTask(name, p.config.to_dict(), str(out / name), self.device))
+                pool.workers[i].send(EpochTask(name, p.config.to_dict(), str(out / name), self.device,
+                                              processes=width))
 
         def take(worker: _Worker, result: EpochResult) -> None:
             worker.task = None
@@ -232,7 +233,8 @@ class InProcessExecutor:
         try:
             while (name := next_experiment(pending, set())) is not None:
                 p = pending[name]
-                result = run_epoch_task(EpochTask(name, p.config.to_dict(), str(out / name), self.device))
+                result = run_epoch_task(EpochTask(name, p.config.to_dict(), str(out / name), self.device,
+                                                  executor="local"))
                 if progress.take(result, pending):
                     final.append(result)
         finally:

@@ -52,7 +52,7 @@ class RayExecutor:
             def submit(name: str) -> None:
                 p = pending[name]
                 in_flight[task.remote(EpochTask(name, p.config.to_dict(), str(out.resolve() / name),
-                                                self.device))] = name
+                                                self.device, executor="ray", processes=0))] = name
 
             for name in list(pending):
                 submit(name)

@@ -38,6 +38,8 @@ class EpochTask:
     config: dict
     directory: str
     device: str
+    executor: str = "local"  # the executor's name and the processes training side by side: provenance
+    processes: int = 1
 
 
 @dataclass
@@ -93,7 +95,8 @@ def run_epoch_task(task: EpochTask) -> EpochResult:
     epoch = 0
     try:
         cfg = ExperimentConfig.from_dict(task.config)
-        exp = Experiment(cfg, Path(task.directory), device=task.device, resume=True, checked=True)
+        exp = Experiment(cfg, Path(task.directory), device=task.device, resume=True, checked=True,
+                         executor=task.executor, processes=task.processes)
         epoch = exp.epoch
         metrics = None
         if exp.epoch < cfg.epochs:
