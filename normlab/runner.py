@@ -34,7 +34,13 @@ from .interrupts import interrupts_raise_keyboard_interrupt
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
 from .results import DIVERGED, DONE, RUNNING
 from .studies import Study
-from .summary import load_study_meta, machine_description, machines_of, save_study_meta, write_summary
+from .summary import (
+    load_study_meta,
+    machine_description,
+    machines_of,
+    save_study_meta,
+    write_summary,
+)
 
 
 @dataclass

@@ -23,11 +23,11 @@ from .augment import random_affine
 from .checkpoint import load_checkpoint, save_checkpoint, weights_l1
 from .config import ExperimentConfig
 from .dynamics import DynamicsRecorder, recorded_steps
-from .provenance import extend as extend_provenance
-from .provenance import layout_entry
 from .errors import DamagedError, DivergedError, NormlabError, first_line, notice
 from .fileio import atomic_write_json, read_json
 from .model import Net, count_parameters
+from .provenance import extend as extend_provenance
+from .provenance import layout_entry
 from .recovery import inspect_experiment, repair_views, status_view, write_views
 from .results import CHECKPOINT, CONFIG, DAMAGED, DIVERGED, DONE, MISCLASSIFIED, RUNNING, STATUS
 
