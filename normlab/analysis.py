@@ -7,8 +7,10 @@ with the date it was declared and whether that was before or after the data; `no
 applies it, and any other plan asked for is shown beside it, labelled exploratory.
 
 The defaults are the ones the calibration simulation in the test suite holds to their false-
-positive rate at every layout the lab uses (docs/statistics.md): Welch's test per pair on the
-logit error rate, Holm within each family. Each method maps to one library call (normlab.stats).
+positive rate at every layout the lab uses (docs/statistics.md): Welch's statistic per pair on
+Hsu's conservative degrees of freedom, on the logit error rate, Holm within each family, and a
+verdict only from 5 seeds an arm (below that, collapses to chance that strike groups alike by
+luck push the rate far over alpha). Each method maps to one library call (normlab.stats).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import datetime as _dt
 
 from .errors import NormlabError
 
-TESTS = ("welch", "student")  # scipy.stats.ttest_ind with equal_var False / True (per pair)
+TESTS = ("welch-hsu", "welch", "student")  # per pair, scipy.stats.ttest_ind (normlab.stats.pair_pvalues)
 CORRECTIONS = ("holm", "bonferroni", "none")  # statsmodels.stats.multitest.multipletests methods
 METRICS = ("final_test_accuracy", "best_test_accuracy")
 SCALES = ("logit_error", "points")  # log(errors / correct), half an image added to each; or raw points
@@ -26,7 +28,7 @@ FAMILIES = ("declared",)  # the study file's [[family]] entries; without them, o
 DEFAULT = {
     "metric": "final_test_accuracy",
     "scale": "logit_error",
-    "test": "welch",
+    "test": "welch-hsu",
     "correction": "holm",
     "alpha": 0.05,
     "families": "declared",
@@ -70,3 +72,43 @@ def declare(plan: dict | None, before_data: bool, today: _dt.date | None = None)
     out["declared"] = "before the data" if before_data else "after the data"
     out["declared_on"] = (today or _dt.date.today()).isoformat()
     return out
+
+
+_TEST_WORDS = {"welch-hsu": "Welch's statistic per pair (scipy `ttest_ind`, unequal variances) on Hsu's "
+                            "conservative min(n) − 1 degrees of freedom",
+               "welch": "Welch's test per pair (scipy `ttest_ind`, unequal variances, Welch–Satterthwaite df)",
+               "student": "Student's t test per pair (scipy `ttest_ind`, the pair's variance pooled)"}
+_CORRECTION_WORDS = {"holm": "Holm within each family (statsmodels `multipletests`)",
+                     "bonferroni": "Bonferroni within each family (statsmodels `multipletests`)",
+                     "none": "no correction for the family"}
+_SCALE_WORDS = {"logit_error": "the logit error rate", "points": "accuracy points"}
+
+
+def describe(plan: dict) -> str:
+    """The plan in one sentence a reader can check a report against."""
+    metric = plan["metric"].replace("_", " ")
+    return (f"{_TEST_WORDS[plan['test']]} on {_SCALE_WORDS[plan['scale']]} of the {metric}, "
+            f"{_CORRECTION_WORDS[plan['correction']]}, alpha {plan['alpha']:g}, a verdict from "
+            f"{plan['min_seeds']} seeds an arm")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`KEY=VALUE` words (e.g. from `--exploratory test=student correction=none`) as a validated plan."""
+    plan: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AnalysisError(f"{item!r} is not KEY=VALUE; e.g. test=student or alpha=0.01.")
+        if key == "alpha":
+            try:
+                plan[key] = float(value)
+            except ValueError:
+                raise AnalysisError(f"alpha={value!r} is not a number; e.g. alpha=0.01.") from None
+        elif key == "min_seeds":
+            try:
+                plan[key] = int(value)
+            except ValueError:
+                raise AnalysisError(f"min_seeds={value!r} is not a whole number; e.g. min_seeds=3.") from None
+        else:
+            plan[key] = value
+    return validate(plan, "the exploratory plan")

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="redraw every plot and report.md from the result files in DIR")
     p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--exploratory", nargs="+", metavar="KEY=VALUE",
+                   help="also apply another analysis plan (e.g. test=student correction=none alpha=0.01), "
+                        "shown beside the study's declared plan and labelled exploratory (default: none)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("explain", help="BN, LN and GN computed step by step, checked against torch.nn")
@@ -270,10 +273,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis import parse_overrides
     from .report import final_table, generate_report
     from .summary import refresh_summary
 
-    summary = generate_report(args.dir, refresh_summary(args.dir, notice))
+    exploratory = parse_overrides(args.exploratory) if args.exploratory else None
+    summary = generate_report(args.dir, refresh_summary(args.dir, notice), exploratory)
     print(final_table(summary))
     print(f"report: {args.dir / 'report.md'}")
     return study_exit_code(summary, [])

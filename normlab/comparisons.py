@@ -1,6 +1,7 @@
 """Which comparisons a study's report makes, grouped into the families a reader asks about.
 
-A family answers one question and is corrected as one (Holm). A study file may declare its
+A family answers one question and is corrected as one (the analysis plan's correction, Holm by
+default; `normlab.analysis`). A study file may declare its
 families (`[[family]]` tables: `question` plus `differ_in = "setting"`, or `among = [names]`
 with an optional `reference`); otherwise they follow the study's shape: every pair when it has at
 most six experiment names, else one family per varying setting (the pairs that differ in that
@@ -17,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .analysis import DEFAULT, describe
 from .axes import series_label, varying_settings
 from .config import SETTINGS
 from .results import MISCLASSIFIED, read_json_file
@@ -24,12 +26,10 @@ from .stats import (
     Comparison,
     Group,
     Paired,
-    Pool,
+    adjust,
     compare,
     correct_family,
-    holm,
     mcnemar,
-    pooled_variance,
 )
 
 MAX_NAMES_FOR_EVERY_PAIR = 6
@@ -136,11 +136,9 @@ def validation_choice(summary: dict) -> tuple[str, dict[str, str]] | None:
     return key, chosen
 
 
-def study_families(study_dir: Path, summary: dict, declared: list[dict] | None = None) -> tuple[list[Family], Pool]:
-    """Every family of the study's report, each corrected (Holm) on its own."""
-    groups = groups_of(summary)
-    names = list(groups)
-    pool = pooled_variance(list(groups.values()))
+def family_specs(summary: dict, names: list[str], declared: list[dict] | None = None
+                 ) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(question, pairs of experiment names) of every family the report tests."""
     specs = [(d.get("question", "declared"), declared_pairs(summary, names, d)) for d in declared] if declared \
         else default_families(summary, names)
     choice = validation_choice(summary)
@@ -149,14 +147,23 @@ def study_families(study_dir: Path, summary: dict, declared: list[dict] | None =
         picked = list(chosen.values())
         specs.append((f"each series at its {key} chosen on validation accuracy",
                       [(a, b) for i, a in enumerate(picked) for b in picked[i + 1:]]))
+    return specs
+
+
+def study_families(study_dir: Path, summary: dict, declared: list[dict] | None = None,
+                   plan: dict | None = None) -> list[Family]:
+    """Every family of the study's report, each tested and corrected on its own as `plan` says."""
+    plan = plan or DEFAULT
+    groups = groups_of(summary)
     families = []
-    for question, pairs in specs:
+    for question, pairs in family_specs(summary, list(groups), declared):
         family = Family(question)
         single = [(a, b) for a, b in pairs if groups[a].n == 1 and groups[b].n == 1]
         for a, b in pairs:
             if (a, b) not in single:
-                family.comparisons.append(compare(groups[a], groups[b], pool))
-        correct_family(family.comparisons)
+                family.comparisons.append(compare(groups[a], groups[b], plan["test"], plan["scale"],
+                                                  alpha=plan["alpha"], min_seeds=plan["min_seeds"]))
+        correct_family(family.comparisons, plan["correction"])
         for a, b in single:
             wrong_a, wrong_b = _wrong_indices(study_dir, summary, a), _wrong_indices(study_dir, summary, b)
             if wrong_a is None or wrong_b is None:
@@ -164,11 +171,11 @@ def study_families(study_dir: Path, summary: dict, declared: list[dict] | None =
                                "written before normlab kept it) cannot be compared image by image")
                 continue
             family.paired.append(mcnemar(a, wrong_a, b, wrong_b))
-        for p, adjusted in zip(family.paired, holm([p.p for p in family.paired])):
-            p.adjusted_p = adjusted
+        for p, adjusted in zip(family.paired, adjust(plan["correction"], [p.p for p in family.paired])):
+            p.adjusted_p = float(adjusted)
         if family.comparisons or family.paired or family.note:
             families.append(family)
-    return families, pool
+    return families
 
 
 def _p(value: float | None) -> str:
@@ -177,51 +184,90 @@ def _p(value: float | None) -> str:
     return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
 
 
-def comparison_lines(study_dir: Path, summary: dict, declared: list[dict] | None = None) -> list[str]:
-    """report.md's comparisons: one table per family, every p-value corrected within its family."""
-    families, pool = study_families(study_dir, summary, declared)
+def _interval(c: Comparison) -> str:
+    if c.ratio is None:  # the points scale: the difference's own interval
+        return f"{c.low:+.3f} to {c.high:+.3f}" if c.low is not None else "–"
+    return f"{c.ratio:.3g} ({c.low:.3g} to {c.high:.3g})" if c.low is not None else f"{c.ratio:.3g}"
+
+
+def comparison_lines(study_dir: Path, summary: dict, declared: list[dict] | None = None,
+                     plan: dict | None = None, exploratory: dict | None = None) -> list[str]:
+    """report.md's comparisons: one table per family, as the declared `plan` tests and corrects them;
+    with `exploratory`, that plan's p-values and verdicts beside them, labelled exploratory."""
+    plan = plan or DEFAULT
+    families = study_families(study_dir, summary, declared, plan)
     if not families:
         return []
+    other = study_families(study_dir, summary, declared, exploratory) if exploratory else None
     groups = groups_of(summary)
     n_test = min((g.n_test for g in groups.values()), default=10000)
+    effect = ("the ratio of error odds (A / B, about the ratio of error rates; below 1: A makes fewer errors) "
+              "with its 95% interval" if plan["scale"] == "logit_error" else
+              "the difference in points with its 95% interval")
     lines = ["", "## Comparisons", "",
-             "Each table answers one question, and its p-values are corrected together for multiple comparisons "
-             "(Holm; a verdict needs a corrected p below 0.05). Tests run on the logit of the error rate, "
-             "log(errors / correct) over seeds, where a collapsed run's spread is comparable to a working one's: "
-             "the effect is the ratio of error odds (A / B, about the ratio of error rates; below 1: A makes fewer "
-             "errors) with its 95% interval. With few seeds a group's own variance is pooled with the study's "
-             f"(one-way layout: {pool.df} degrees of freedom"
-             + (f"; left out as erratic, and compared with Welch's test on their own variance: "
-                f"{', '.join(sorted(pool.erratic))}" if pool.erratic else "") + "). "
+             f"**Analysis plan** ({plan_origin(plan)}): {describe(plan)}. "
+             f"Each table answers one question, and its p-values are corrected together for multiple comparisons. "
+             f"The effect is {effect}. Below {plan['min_seeds']} seeds an arm a row gives the direction and the "
+             "estimate, not a verdict. "
              f"Every run is scored on the same {n_test:,} test images, so these tests do not include the test "
              "set's own sampling error; single runs are compared image by image (McNemar's exact test on the "
              "images only one of the two got wrong)."]
-    for family in families:
+    if exploratory:
+        lines += ["", f"**Exploratory** (not the declared plan; asked for after the data): {describe(exploratory)}. "
+                  "Its p-values and verdicts stand beside the declared ones and never replace them."]
+    for i, family in enumerate(families):
+        alt = {(c.a, c.b): c for c in other[i].comparisons} if other else {}
+        alt_paired = {(p.a, p.b): p for p in other[i].paired} if other else {}
         tested = len([c for c in family.comparisons if c.p is not None]) + len(family.paired)
         lines += ["", f"### {family.question[:1].upper()}{family.question[1:]} ({tested} test{'s' if tested != 1 else ''})", ""]
         if family.comparisons:
-            lines += ["| A | B | seeds | A − B (points) | error odds A/B (95% CI) | test | p | Holm p | verdict |",
-                      "|---|---|---:|---:|---:|---|---:|---:|---|"]
+            extra_head, extra_rule = (" exploratory p | exploratory verdict |", "---:|---|") if other else ("", "")
+            effect_head = "error odds A/B (95% CI)" if plan["scale"] == "logit_error" else "95% CI (points)"
+            lines += [f"| A | B | seeds | A − B (points) | {effect_head} | test | p | {_correction_head(plan)} | verdict |"
+                      + extra_head,
+                      "|---|---|---:|---:|---:|---|---:|---:|---|" + extra_rule]
             shown = family.comparisons
             if len(shown) > MAX_LISTED:
-                shown = [c for c in shown if c.distinguishable]
+                shown = [c for c in shown if c.distinguishable or (other and alt[(c.a, c.b)].distinguishable)]
             for c in shown:
-                odds = f"{c.ratio:.3g} ({c.low:.3g} to {c.high:.3g})" if c.low is not None else (
-                    f"{c.ratio:.3g}" if c.ratio is not None else "–")
                 seeds = str(c.n_a) if c.n_a == c.n_b else f"{c.n_a}, {c.n_b}"
-                lines.append(f"| {c.a} | {c.b} | {seeds} | {c.difference:+.3f} | {odds} | {c.test} | {_p(c.p)} | "
-                             f"{_p(c.adjusted_p)} | {c.verdict()} |")
+                row = (f"| {c.a} | {c.b} | {seeds} | {c.difference:+.3f} | {_interval(c)} | {c.test} | {_p(c.p)} | "
+                       f"{_p(c.adjusted_p)} | {c.verdict()} |")
+                if other:
+                    x = alt[(c.a, c.b)]
+                    row += f" {_p(x.adjusted_p)} | {x.verdict()} |"
+                lines.append(row)
             if len(shown) < len(family.comparisons):
                 lines += ["", f"The other {len(family.comparisons) - len(shown)} comparisons of this family are not "
                           "distinguishable after the correction and are not listed."]
         if family.paired:
-            lines += ["", "| A | B | only A wrong | only B wrong | McNemar p | Holm p | verdict |",
+            lines += ["", f"| A | B | only A wrong | only B wrong | McNemar p | {_correction_head(plan)} | verdict |",
                       "|---|---|---:|---:|---:|---:|---|"]
             for p in family.paired:
-                verdict = "not distinguishable" if p.adjusted_p >= 0.05 else (
-                    f"{p.a} higher" if p.only_a_wrong < p.only_b_wrong else f"{p.b} higher")
                 lines.append(f"| {p.a} | {p.b} | {p.only_a_wrong} | {p.only_b_wrong} | {_p(p.p)} | "
-                             f"{_p(p.adjusted_p)} | {verdict} |")
+                             f"{_p(p.adjusted_p)} | {_paired_verdict(p, plan['alpha'])} |")
+                if other and (p.a, p.b) in alt_paired:
+                    x = alt_paired[(p.a, p.b)]
+                    lines[-1] += f" exploratory: {_p(x.adjusted_p)}, {_paired_verdict(x, exploratory['alpha'])} |"
         if family.note:
             lines += ["", f"Note: {family.note}."]
     return lines
+
+
+def _correction_head(plan: dict) -> str:
+    return {"holm": "Holm p", "bonferroni": "Bonferroni p", "none": "p (uncorrected)"}[plan["correction"]]
+
+
+def _paired_verdict(p: Paired, alpha: float) -> str:
+    if p.adjusted_p >= alpha:
+        return "not distinguishable"
+    return f"{p.a} higher" if p.only_a_wrong < p.only_b_wrong else f"{p.b} higher"
+
+
+def plan_origin(plan: dict) -> str:
+    """When the plan was fixed: before or after the data, and on which day."""
+    declared = plan.get("declared")
+    if declared is None:
+        return "no plan on record: normlab's default, applied after the data"
+    on = f", on {plan['declared_on']}" if plan.get("declared_on") else ""
+    return f"declared {declared}{on}"

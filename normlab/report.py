@@ -6,8 +6,11 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .analysis import DEFAULT as DEFAULT_ANALYSIS
+from .analysis import validate as validate_analysis
 from .axes import series_label, varying_settings
 from .comparisons import comparison_lines, test_size
+from .errors import NormlabError
 from .fileio import atomic_write_text
 from .plot_dynamics import FIGURES, MAX_PANELS, dynamics_by_name, plot_dynamics
 from .plots import (
@@ -162,6 +165,16 @@ def final_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _other_machines(summary: dict) -> list[str]:
+    """The machines that trained earlier parts of the study, when more than one did."""
+    machines = summary.get("machines") or []
+    if len(machines) < 2:
+        return []
+    words = [f"{m.get('cpu', '?')}, device {m.get('device', '?')}" + (f" ({m['gpu']})" if m.get("gpu") else "")
+             for m in machines]
+    return [f"- machines that trained it, oldest first: {'; '.join(words)}"]
+
+
 def wall_time_text(summary: dict) -> str:
     """'1830 s' or, for a study run seed after seed, '1830 s (seed 1: 610 s, seed 2: 612 s, ...)'."""
     if not isinstance(summary.get("wall_seconds"), (int, float)):
@@ -173,10 +186,11 @@ def wall_time_text(summary: dict) -> str:
     return text
 
 
-def generate_report(study_dir: Path, summary: dict | None = None) -> dict:
+def generate_report(study_dir: Path, summary: dict | None = None, exploratory: dict | None = None) -> dict:
     """Draw every figure and write report.md for the study in `study_dir`, from its result files;
     return its summary. Reads only: `normlab.summary.refresh_summary` brings summary.json up to date
-    first (`normlab report` does both)."""
+    first (`normlab report` does both). The comparisons follow the study's declared analysis plan;
+    `exploratory` (a validated plan) adds its verdicts beside them, labelled as such."""
     study_dir = Path(study_dir)
     if summary is None:
         summary = read_summary(study_dir)
@@ -204,7 +218,7 @@ def generate_report(study_dir: Path, summary: dict | None = None) -> dict:
         path = plot_misclassified(study_dir / e["dir"], e, study_dir / e["dir"] / "misclassified.png")
         if path:
             grids[e["dir"]] = path
-    atomic_write_text(study_dir / "report.md", report_markdown(study_dir, summary, figures, grids))
+    atomic_write_text(study_dir / "report.md", report_markdown(study_dir, summary, figures, grids, exploratory))
     return summary
 
 
@@ -269,7 +283,42 @@ def dynamics_lines(study_dir: Path, summary: dict) -> list[str]:
     return lines
 
 
-def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) -> str:
+def declared_plan(summary: dict) -> dict:
+    """The study's analysis plan as recorded (with when it was declared), or the default if none is."""
+    recorded = summary.get("analysis")
+    try:
+        return validate_analysis(recorded) if isinstance(recorded, dict) else dict(DEFAULT_ANALYSIS)
+    except NormlabError as e:
+        raise NormlabError(f"the analysis plan in {summary.get('study')}'s summary.json is damaged ({e}); "
+                           "restore study.json from a copy.") from None
+
+
+def provenance_lines(summary: dict) -> list[str]:
+    """Which code and which process x thread layout trained the study's epochs, from every experiment's record."""
+    stretches: dict[tuple, set] = {}
+    unrecorded = 0
+    for e in summary["experiments"]:
+        trained = e.get("trained_by") or []
+        if not trained and e.get("epochs_run"):
+            unrecorded += 1
+        for t in trained:
+            key = (t.get("code"), t.get("device"), t.get("executor"), t.get("processes"), t.get("threads"),
+                   t.get("members"))
+            stretches.setdefault(key, set()).add(e.get("dir", e["name"]))
+    lines = []
+    for (code, device, executor, processes, threads, members), dirs in stretches.items():
+        procs = "processes: not known" if processes == 0 else f"{processes} process{'es' if processes != 1 else ''}"
+        group = f", {members} models per step" if members and members > 1 else ""
+        lines.append(f"- trained by normlab {code} on {device} ({executor} executor, {procs} × {threads} "
+                     f"thread{'s' if threads != 1 else ''}{group}): {len(dirs)} experiment(s)")
+    if unrecorded:
+        lines.append(f"- code version and layout not recorded for {unrecorded} experiment(s) (trained before "
+                     "normlab kept them)")
+    return lines
+
+
+def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict,
+                    exploratory: dict | None = None) -> str:
     ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
     m = summary.get("machine", {})
     lines = [
@@ -281,6 +330,8 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
         *_limits_line(summary),
         f"- machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, device {m.get('device', '?')}"
         + (f" ({m['gpu']})" if m.get("gpu") else "") + f", torch {m.get('torch', '?')}",
+        *_other_machines(summary),
+        *provenance_lines(summary),
         f"- study wall time: {wall_time_text(summary)}",
         "",
         "## Results",
@@ -319,7 +370,7 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict) 
     if len(numeric) == 1:
         lines += tolerance_lines(summary, numeric[0])
     lines += dynamics_lines(study_dir, summary)
-    lines += comparison_lines(study_dir, summary, summary.get("families"))
+    lines += comparison_lines(study_dir, summary, summary.get("families"), declared_plan(summary), exploratory)
     problems = [e for e in summary["experiments"] if e["status"] not in ("done",)]
     if problems:
         lines += ["", "## Not finished", ""]

@@ -1,41 +1,40 @@
 """Comparisons that hold: intervals inside the range of what they measure, one variance pooled
 across a study, tests corrected for the family they belong to, and the test set's own error.
 
-Why these choices (docs/statistics.md says it at length):
+Why these choices (docs/statistics.md says it at length; a study's declared analysis plan,
+`normlab.analysis`, picks among them):
 
 - Accuracies live in [0, 100] and runs that collapse vary far more than runs that work, so the
   scale for inference is the **logit of the error rate**, log(errors / correct answers) with half
-  an image added to each (for a working model, the log of its error rate). There, seed-to-seed
-  spread is comparable across norms and settings (a collapsed run's errors vary in proportion to
-  their number), and an interval transforms back to something that cannot leave 0-100. A
-  difference becomes a ratio: the error odds of A over those of B (at these error rates, the ratio
-  of their error rates).
-- With 2-3 seeds a group's own variance has 1-2 degrees of freedom; **one variance pooled over
-  the study's groups** (a one-way ANOVA's residual) has many. Groups whose variance is far beyond
-  the pool of the steadier groups (an F test, p < 0.01, a forward search from the steadier half
-  of the study: "erratic", e.g. a run that sometimes sits at chance) are kept out of it and compared with
-  Welch's test on their own variance; groups whose seeds all gave one value (every seed at
-  chance) add nothing to it.
+  an image added to each (for a working model, the log of its error rate). An interval transforms
+  back to something that cannot leave 0-100, and a difference becomes a ratio: the error odds of
+  A over those of B (at these error rates, the ratio of their error rates).
+- Each pair is tested on its own two samples, by **Welch's statistic** (scipy's `ttest_ind`
+  with `equal_var=False`) on Hsu's conservative min(n_a, n_b) - 1 degrees of freedom: no variance
+  is borrowed from other groups, so a group whose seeds vary more than the rest cannot make a
+  quiet pair look certain. The calibration simulation in the test suite holds it to its
+  false-positive rate at every layout the lab uses, with spreads that differ 4x between groups.
 - A report asks several questions at once; each **family** of comparisons is corrected with
-  Holm's step-down method (as `statsmodels.stats.multitest.multipletests(method="holm")`, which a
-  test holds it to).
+  statsmodels' `multipletests` (Holm's step-down method by default).
 - Every run is scored on the same test set, so between-seed tests say nothing about the test
   set's own sampling error: the binomial standard error of an accuracy is stated beside it, and
-  two single runs are compared image by image (McNemar's exact test on the images exactly one of
-  them got wrong).
+  two single runs are compared image by image (McNemar's exact test, scipy's `binomtest`, on the
+  images exactly one of them got wrong).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 LEVEL = 0.95
 ALPHA = 0.05
-ERRATIC_P = 0.01  # a group's variance this unlikely under the pool's is kept out of it
 MIN_SEEDS_FOR_INTERVAL = 3
 
 
@@ -75,17 +74,6 @@ def mean_interval(values: list[float], n_test: int = 10000, level: float = LEVEL
     return from_logit_error(mean + half, n_test), from_logit_error(mean - half, n_test)
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given."""
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    adjusted, running = [0.0] * m, 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
-
-
 @dataclass
 class Group:
     """One experiment name's final accuracies over seeds, on the logit error scale too."""
@@ -94,118 +82,136 @@ class Group:
     accuracies: list[float]
     n_test: int
 
+    def values(self, scale: str = "logit_error") -> list[float]:
+        """The accuracies on the analysis scale: the logit error rate, or the points themselves."""
+        return [logit_error(a, self.n_test) for a in self.accuracies] if scale == "logit_error" \
+            else list(self.accuracies)
+
     @property
     def logs(self) -> list[float]:
-        return [logit_error(a, self.n_test) for a in self.accuracies]
+        return self.values("logit_error")
 
     @property
     def n(self) -> int:
         return len(self.accuracies)
 
-    @property
-    def variance(self) -> float:
-        return statistics.variance(self.logs) if self.n > 1 else 0.0
+
+TEST_NAMES = {"welch-hsu": "Welch, Hsu's df", "welch": "Welch", "student": "Student"}
 
 
-@dataclass
-class Pool:
-    """The variance pooled over a study's groups, and the groups it leaves out."""
-
-    variance: float
-    df: int
-    erratic: set[str]
-
-    @property
-    def usable(self) -> bool:
-        return self.df > 0 and self.variance > 0
-
-
-def pooled_variance(groups: list[Group]) -> Pool:
-    """Residual variance of a one-way layout on the logit error scale, over groups with two or more
-    seeds that vary, built up by a forward search: the steadier half of the groups (by their own
-    variance) is the starting pool, then the others join in order of their variance, each tested
-    against the pool of those already in (F test); the first one the pool makes unlikely (p < 0.01)
-    and every group more variable than it are "erratic" and left out. So the outcome does not depend
-    on the order the groups come in, and wild groups cannot hide each other by inflating the pool
-    they are tested against (which testing each group against all the others allows)."""
-    ordered = sorted((g for g in groups if g.n > 1 and g.variance > 0), key=lambda g: (g.variance, g.name))
-    start = max(1, len(ordered) // 2)
-    kept = ordered[:start]
-    for i in range(start, len(ordered)):
-        g = ordered[i]
-        df = sum(o.n - 1 for o in kept)
-        if stats.f.sf(g.variance / (sum((o.n - 1) * o.variance for o in kept) / df), g.n - 1, df) < ERRATIC_P:
-            return _pool(kept, {o.name for o in ordered[i:]})
-        kept.append(g)
-    return _pool(kept, set())
+def pair_pvalues(test: str, a, b):
+    """Two-sided p-values of `test` for samples `a` and `b` along their last axis (any leading
+    axes are independent comparisons), NaN where neither sample varies. The statistic is scipy's
+    `ttest_ind` (`equal_var=False` for Welch); `welch-hsu` refers Welch's statistic to Student's t
+    with min(n_a, n_b) - 1 degrees of freedom (Hsu's conservative solution of the Behrens-Fisher
+    problem: it holds its level whatever the ratio of the two variances, where the Welch-
+    Satterthwaite degrees of freedom run a little over it at 5 seeds and a 4x spread)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's note on identical samples: NaN below
+        result = stats.ttest_ind(a, b, axis=-1, equal_var=test == "student")
+        p = np.asarray(result.pvalue, dtype=float)
+        if test == "welch-hsu":
+            p = np.asarray(2 * stats.t.sf(np.abs(result.statistic), min(a.shape[-1], b.shape[-1]) - 1), dtype=float)
+    flat = (np.ptp(a, axis=-1) == 0) & (np.ptp(b, axis=-1) == 0)
+    return np.where(flat, np.nan, p)
 
 
-def _pool(kept: list[Group], erratic: set[str]) -> Pool:
-    df = sum(g.n - 1 for g in kept)
-    return Pool(sum((g.n - 1) * g.variance for g in kept) / df if df else 0.0, df, erratic)
+def adjust(correction: str, pvalues) -> np.ndarray:
+    """p-values adjusted within their family (the last axis): statsmodels' `multipletests`
+    (`holm`, `bonferroni`), or as they are (`none`). NaN entries are left out and stay NaN."""
+    p = np.array(pvalues, dtype=float, copy=True)
+    if correction == "none" or p.size == 0:
+        return p
+    flat = p.reshape(-1, p.shape[-1])
+    for row in flat:
+        tested = ~np.isnan(row)
+        if tested.any():
+            row[tested] = multipletests(row[tested], method=correction)[1]
+    return flat.reshape(p.shape)
 
 
 @dataclass
 class Comparison:
-    """A − B: the difference of mean accuracy in points, and the ratio of their error odds
-    (geometric means over seeds; about the ratio of error rates) with its 95% interval and p-value;
-    `adjusted_p` is set by Holm over the comparison's family."""
+    """A − B: the difference of mean accuracy in points, and on the logit scale the ratio of their
+    error odds (geometric means over seeds; about the ratio of error rates) with its interval and
+    p-value; `adjusted_p` is set by the family's correction."""
 
     a: str
     b: str
     difference: float  # mean accuracy of A minus B, points
-    ratio: float | None  # error odds of A / error odds of B
-    low: float | None
+    ratio: float | None  # error odds of A / error odds of B (None on the points scale)
+    low: float | None  # the interval of the ratio (logit scale) or of the difference (points scale)
     high: float | None
     p: float | None
     test: str  # which test, or why there is none
     n_a: int
     n_b: int
     adjusted_p: float | None = None
+    alpha: float = ALPHA
+    min_seeds: int = 2
 
     @property
     def distinguishable(self) -> bool:
-        return self.adjusted_p is not None and self.adjusted_p < ALPHA
+        return self.adjusted_p is not None and self.adjusted_p < self.alpha
+
+    @property
+    def directional(self) -> bool:
+        """Fewer seeds than the plan asks for a verdict: the report gives the direction only."""
+        return min(self.n_a, self.n_b) < self.min_seeds
+
+    @property
+    def ahead(self) -> str:
+        return self.a if self.difference >= 0 else self.b
 
     def verdict(self) -> str:
         if self.p is None:
             return f"no test ({self.test})"
+        if self.directional:
+            n = str(self.n_a) if self.n_a == self.n_b else f"{self.n_a}, {self.n_b}"
+            return f"directional (n = {n}): {self.ahead} ahead"
         if not self.distinguishable:
             return "not distinguishable"
-        return f"{self.a} higher" if self.ratio < 1 else f"{self.b} higher"
+        return f"{self.ahead} higher"
 
 
-def compare(a: Group, b: Group, pool: Pool, level: float = LEVEL) -> Comparison:
-    """A − B with the pooled-variance t test on the logit error scale, or Welch's test when either
-    group is erratic (or nothing is pooled); no test below two seeds a side."""
+def compare(a: Group, b: Group, test: str = "welch-hsu", scale: str = "logit_error", level: float = LEVEL,
+            alpha: float = ALPHA, min_seeds: int = 2) -> Comparison:
+    """A − B by `test` (`pair_pvalues` says which) on `scale`, with its interval on the same
+    degrees of freedom; no test below two seeds a side or without any variation."""
     difference = statistics.fmean(a.accuracies) - statistics.fmean(b.accuracies)
-    base = dict(a=a.name, b=b.name, difference=difference, n_a=a.n, n_b=b.n)
+    base = dict(a=a.name, b=b.name, difference=difference, n_a=a.n, n_b=b.n, alpha=alpha, min_seeds=min_seeds)
     if a.n < 2 or b.n < 2:
         return Comparison(**base, ratio=None, low=None, high=None, p=None,
                           test="one seed: compare the runs image by image")
-    delta = statistics.fmean(a.logs) - statistics.fmean(b.logs)
-    if a.name in pool.erratic or b.name in pool.erratic or not pool.usable:
-        se2 = a.variance / a.n + b.variance / b.n
-        if se2 == 0:
-            return Comparison(**base, ratio=math.exp(delta), low=None, high=None, p=None,
-                              test="no seed-to-seed variation to test against")
-        num = se2 ** 2
-        den = (a.variance / a.n) ** 2 / (a.n - 1) + (b.variance / b.n) ** 2 / (b.n - 1)
-        df, se, test = num / den, math.sqrt(se2), "Welch"
+    va, vb = a.values(scale), b.values(scale)
+    delta = statistics.fmean(va) - statistics.fmean(vb)
+    ratio = math.exp(delta) if scale == "logit_error" else None
+    if statistics.variance(va) == 0 and statistics.variance(vb) == 0:
+        return Comparison(**base, ratio=ratio, low=None, high=None, p=None,
+                          test="no seed-to-seed variation to test against")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's note on nearly identical samples
+        result = stats.ttest_ind(va, vb, equal_var=test == "student")
+    if test == "welch-hsu":
+        df = float(min(a.n, b.n) - 1)
+        p = float(2 * stats.t.sf(abs(result.statistic), df))
+        half = float(stats.t.ppf((1 + level) / 2, df)) * math.sqrt(statistics.variance(va) / a.n
+                                                                    + statistics.variance(vb) / b.n)
+        lo, hi = delta - half, delta + half
     else:
-        df, se, test = pool.df, math.sqrt(pool.variance * (1 / a.n + 1 / b.n)), f"pooled t, {pool.df} df"
-    t = delta / se
-    p = 2 * stats.t.sf(abs(t), df)
-    half = stats.t.ppf((1 + level) / 2, df) * se
-    return Comparison(**base, ratio=math.exp(delta), low=math.exp(delta - half), high=math.exp(delta + half),
-                      p=float(p), test=test)
+        df, p = float(result.df), float(result.pvalue)
+        interval = result.confidence_interval(level)
+        lo, hi = float(interval.low), float(interval.high)
+    low, high = (math.exp(lo), math.exp(hi)) if ratio is not None else (lo, hi)
+    return Comparison(**base, ratio=ratio, low=low, high=high, p=p, test=f"{TEST_NAMES[test]}, {df:.3g} df")
 
 
-def correct_family(comparisons: list[Comparison]) -> None:
-    """Holm's adjustment over the family's tested comparisons (in place)."""
+def correct_family(comparisons: list[Comparison], correction: str = "holm") -> None:
+    """The family's correction over its tested comparisons (in place)."""
     tested = [c for c in comparisons if c.p is not None]
-    for c, adjusted in zip(tested, holm([c.p for c in tested])):
-        c.adjusted_p = adjusted
+    for c, adjusted in zip(tested, adjust(correction, [c.p for c in tested])):
+        c.adjusted_p = float(adjusted)
 
 
 @dataclass

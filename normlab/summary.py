@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .analysis import declare as declare_analysis
 from .checkpoint import weights_l1
 from .config import SETTINGS, ExperimentConfig
 from .errors import NormlabError, notice
@@ -242,6 +243,10 @@ def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> 
                 notify(f"{name}: every epoch is on disk but {MISCLASSIFIED} is not; run the study again with "
                        "--resume to redo its misclassified pass.")
             states.append(state)
+        if meta and not isinstance(meta.get("analysis"), dict):  # fixed now, and said to be after the data
+            meta["analysis"] = declare_analysis(None, before_data=not any(s.epoch for s in states))
+        if meta.get("machine"):
+            meta["machines"] = machines_of(meta)
         if meta:
             save_study_meta(study_dir, meta)
         return write_summary(study_dir, meta, states)

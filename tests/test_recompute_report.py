@@ -1,9 +1,8 @@
 """A committed report's corrected comparisons and intervals, recomputed from its per-experiment
-files by an independent route: the final accuracies read from each metrics.csv, the erratic groups
-by this file's own forward search, the pooled variance from a statsmodels one-way OLS, Welch's test
-and interval from scipy and statsmodels, McNemar from statsmodels, the Holm correction from
-statsmodels — none of normlab's statistics code. A mismatch means the report says something its
-files do not."""
+files by an independent route: the final accuracies read from each metrics.csv, the plan read from
+study.json, Welch's statistic and its standard error from statsmodels' CompareMeans (Hsu's degrees
+of freedom applied here), McNemar from statsmodels, the Holm correction from statsmodels — none of
+normlab's statistics code. A mismatch means the report says something its files do not."""
 
 from __future__ import annotations
 
@@ -16,9 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import statsmodels.formula.api as smf
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -54,32 +51,12 @@ class Study:
             assert self.n_test in (None, n)
             self.n_test = n
         self.logit = {k: logit(np.array(v), self.n_test) for k, v in self.acc.items()}
+        self.plan = json.loads((self.dir / "study.json").read_text())["analysis"]
 
 
 def logit(acc: np.ndarray, n: int) -> np.ndarray:
     wrong = (100 - acc) / 100 * n
     return np.log((wrong + 0.5) / (n - wrong + 0.5))
-
-
-def erratic_and_pool(study: Study) -> tuple[set[str], float | None, int]:
-    """The forward search of docs/statistics.md, written again: the steadier half pools, the others
-    join by variance until an F test (p < 0.01) rejects one; then OLS on the kept groups."""
-    varying = sorted(((np.var(v, ddof=1), k) for k, v in study.logit.items() if len(v) > 1 and np.var(v) > 0))
-    kept = [k for _, k in varying[:max(1, len(varying) // 2)]]
-    erratic: set[str] = set()
-    for i, (var, k) in enumerate(varying[len(kept):], start=len(kept)):
-        df = sum(len(study.logit[o]) - 1 for o in kept)
-        pool = sum((len(study.logit[o]) - 1) * np.var(study.logit[o], ddof=1) for o in kept) / df
-        if sps.f.sf(var / pool, len(study.logit[k]) - 1, df) < 0.01:
-            erratic = {name for _, name in varying[i:]}
-            break
-        kept.append(k)
-    if not kept:
-        return erratic, None, 0
-    frame = pd.DataFrame({"y": np.concatenate([study.logit[k] for k in kept]),
-                          "g": sum(([k] * len(study.logit[k]) for k in kept), [])})
-    fit = smf.ols("y ~ C(g)", data=frame).fit()
-    return erratic, fit.mse_resid, int(fit.df_resid)
 
 
 def sections(text: str) -> list[tuple[str, int, list[list[str]]]]:
@@ -105,30 +82,30 @@ def differ_only_in(study: Study, a: str, b: str) -> set[str]:
     return {k for k in ca if k not in IGNORED and ca.get(k) != cb.get(k)}
 
 
-def compare_pair(study: Study, a: str, b: str, erratic: set[str], mse: float | None, df: int) -> tuple[float, float, float, str]:
-    """(p, odds ratio, low, high, test name) of A against B on the logit error rate."""
+def compare_pair(study: Study, a: str, b: str) -> tuple[float, float, float, float, str]:
+    """(p, odds ratio, low, high, test name) of A against B on the logit error rate, by the study's plan."""
     la, lb = study.logit[a], study.logit[b]
     delta = la.mean() - lb.mean()
-    if a in erratic or b in erratic or not mse:
-        p = sps.ttest_ind(la, lb, equal_var=False).pvalue
-        low, high = CompareMeans(DescrStatsW(la), DescrStatsW(lb)).tconfint_diff(usevar="unequal")
-        return p, math.exp(delta), math.exp(low), math.exp(high), "Welch"
-    se = math.sqrt(mse * (1 / len(la) + 1 / len(lb)))
-    half = sps.t.ppf(0.975, df) * se
-    return (2 * sps.t.sf(abs(delta) / se, df), math.exp(delta), math.exp(delta - half), math.exp(delta + half),
-            f"pooled t, {df} df")
+    means = CompareMeans(DescrStatsW(la), DescrStatsW(lb))
+    test = study.plan["test"]
+    if test == "welch-hsu":
+        df = min(len(la), len(lb)) - 1
+        se = means.std_meandiff_separatevar
+        p = 2 * sps.t.sf(abs(delta) / se, df)
+        half = sps.t.ppf(0.975, df) * se
+        return p, math.exp(delta), math.exp(delta - half), math.exp(delta + half), f"Welch, Hsu's df, {df:.3g} df"
+    usevar = "unequal" if test == "welch" else "pooled"
+    _t, p, df = means.ttest_ind(usevar=usevar)
+    low, high = means.tconfint_diff(usevar=usevar)
+    name = "Welch" if test == "welch" else "Student"
+    return p, math.exp(delta), math.exp(low), math.exp(high), f"{name}, {df:.3g} df"
 
 
 @pytest.mark.parametrize("name", STUDIES)
 def test_every_corrected_comparison_recomputes_from_the_result_files(name):
     study = Study(name)
-    erratic, mse, df = erratic_and_pool(study)
-    if erratic:
-        assert ("erratic, and compared with Welch's test on their own variance: " + ", ".join(sorted(erratic))
-                in study.text)
-    else:
-        assert "left out as erratic" not in study.text
-    assert f"one-way layout: {df} degrees of freedom" in study.text
+    assert study.plan["correction"] == "holm" and study.plan["scale"] == "logit_error"
+    assert f"**Analysis plan** (declared {study.plan['declared']}, on {study.plan['declared_on']})" in study.text
     tables = sections(study.text)
     assert tables, "the report has comparison tables"
     for heading, size, rows in tables:
@@ -151,8 +128,9 @@ def test_every_corrected_comparison_recomputes_from_the_result_files(name):
                      if differ_only_in(study, a, b) == {setting.group(1)}]
         else:
             pairs = [(r[0], r[1]) for r in rows]
-        results = {pair: compare_pair(study, *pair, erratic, mse, df) for pair in pairs}
-        tested = [pair for pair in pairs if len(study.logit[pair[0]]) > 1 and len(study.logit[pair[1]]) > 1]
+        results = {pair: compare_pair(study, *pair) for pair in pairs}
+        tested = [(a, b) for a, b in pairs if len(study.logit[a]) > 1 and len(study.logit[b]) > 1
+                  and np.ptp(study.logit[a]) + np.ptp(study.logit[b]) > 0]  # no variation at all: no test
         assert len(tested) == size, (heading, len(tested), size)  # the heading counts the tests
         holm = dict(zip(tested, multipletests([results[p][0] for p in tested], method="holm")[1]))
         holm.update({(b, a): v for (a, b), v in list(holm.items())})
@@ -162,13 +140,18 @@ def test_every_corrected_comparison_recomputes_from_the_result_files(name):
             assert math.isclose(float(diff), np.mean(study.acc[a]) - np.mean(study.acc[b]), abs_tol=0.0006)
             if p in ("–", "-", ""):
                 continue
-            mine_p, ratio, low, high, mine_test = compare_pair(study, a, b, erratic, mse, df)
+            mine_p, ratio, low, high, mine_test = compare_pair(study, a, b)
             assert test == mine_test, (heading, a, b, test, mine_test)
             assert close(mine_p, p) and close(holm[(a, b)], holm_p), (heading, a, b, mine_p, p, holm[(a, b)], holm_p)
             shown = re.match(r"(\S+) \((\S+) to (\S+)\)", odds)
             assert close(ratio, shown.group(1)) and close(low, shown.group(2)) and close(high, shown.group(3)), \
                 (heading, a, b, ratio, low, high, odds)
-            assert (verdict != "not distinguishable") == (holm[(a, b)] < 0.05), (heading, a, b, verdict)
+            if min(len(study.acc[a]), len(study.acc[b])) < study.plan["min_seeds"]:
+                assert verdict.startswith("directional (n = "), (heading, a, b, verdict)
+                ahead = a if np.mean(study.acc[a]) >= np.mean(study.acc[b]) else b
+                assert verdict.endswith(f": {ahead} ahead"), (heading, a, b, verdict)
+            else:
+                assert (verdict != "not distinguishable") == (holm[(a, b)] < study.plan["alpha"]), (heading, a, b)
 
 
 @pytest.mark.parametrize("name", STUDIES)

@@ -11,25 +11,28 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from normlab.analysis import AnalysisError, parse_overrides, validate
 from normlab.comparisons import study_families
 from normlab.errors import NormlabError
 from normlab.stats import (
     Group,
+    adjust,
     compare,
-    holm,
     mcnemar,
     mean_interval,
-    pooled_variance,
+    pair_pvalues,
     sampling_error,
 )
 from normlab.studies import build_study
 
 
-def test_holm_equals_statsmodels():
+def test_corrections_are_statsmodels_multipletests():
     rng = random.Random(0)
     for m in (1, 2, 5, 36):
         ps = [rng.random() ** 3 for _ in range(m)]
-        np.testing.assert_allclose(holm(ps), multipletests(ps, method="holm")[1], rtol=0, atol=1e-12)
+        for method in ("holm", "bonferroni"):
+            np.testing.assert_allclose(adjust(method, ps), multipletests(ps, method=method)[1], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(adjust("none", ps), ps)
 
 
 def test_mcnemar_equals_statsmodels_exact():
@@ -58,42 +61,67 @@ def _logit_error(acc, n=10000):
     return np.log((e + 0.5) / (n - e + 0.5))
 
 
-def test_the_pooled_test_equals_a_one_way_anova_contrast():
-    """Recomputed with numpy: residual mean square over the groups, t contrast, two-sided p."""
-    data = {"a": [99.41, 99.30, 99.19], "b": [99.14, 99.26, 99.17], "c": [99.30, 99.39, 99.35]}
-    groups = [Group(k, v, 10000) for k, v in data.items()]
-    pool = pooled_variance(groups)
-    logs = {k: _logit_error(v) for k, v in data.items()}
-    ss = sum(((x - x.mean()) ** 2).sum() for x in logs.values())
-    df = sum(len(x) - 1 for x in logs.values())
-    assert pool.df == df and math.isclose(pool.variance, ss / df)
-    c = compare(groups[0], groups[1], pool)
-    t = (logs["a"].mean() - logs["b"].mean()) / math.sqrt(ss / df * (1 / 3 + 1 / 3))
-    assert math.isclose(c.p, 2 * scipy_stats.t.sf(abs(t), df), rel_tol=1e-9)
-    assert math.isclose(c.ratio, math.exp(logs["a"].mean() - logs["b"].mean()))
+def test_welch_hsu_is_welchs_statistic_on_min_n_minus_one_df():
+    """Recomputed with numpy: Welch's t on the logit error scale, two-sided p on min(n) - 1 df."""
+    data = {"a": [99.41, 99.30, 99.19, 99.35], "b": [99.14, 99.26, 99.17]}
+    la, lb = _logit_error(data["a"]), _logit_error(data["b"])
+    se = math.sqrt(la.var(ddof=1) / 4 + lb.var(ddof=1) / 3)
+    t = (la.mean() - lb.mean()) / se
+    c = compare(Group("a", data["a"], 10000), Group("b", data["b"], 10000), "welch-hsu")
+    assert math.isclose(c.p, 2 * scipy_stats.t.sf(abs(t), 2), rel_tol=1e-9)
+    half = scipy_stats.t.ppf(0.975, 2) * se
+    assert math.isclose(c.low, math.exp(la.mean() - lb.mean() - half), rel_tol=1e-9)
+    assert math.isclose(c.ratio, math.exp(la.mean() - lb.mean()))
+    assert c.test == "Welch, Hsu's df, 2 df"
 
 
-def test_an_erratic_group_is_not_pooled_and_is_compared_on_its_own_variance():
-    groups = [Group("ok1", [99.4, 99.5, 99.45], 10000), Group("ok2", [99.3, 99.35, 99.4], 10000),
-              Group("wild", [63.74, 96.0, 96.61], 10000), Group("chance", [11.35] * 3, 10000)]
-    pool = pooled_variance(groups)
-    assert pool.erratic == {"wild"} and pool.df == 4  # "chance" never varies: it adds nothing
-    c = compare(groups[2], groups[0], pool)
-    welch = scipy_stats.ttest_ind(_logit_error(groups[2].accuracies), _logit_error(groups[0].accuracies),
-                                  equal_var=False)
-    assert c.test == "Welch" and math.isclose(c.p, welch.pvalue, rel_tol=1e-9)
+@pytest.mark.parametrize("test,equal_var", [("welch", False), ("student", True)])
+def test_welch_and_student_are_scipys_ttest_ind(test, equal_var):
+    a, b = [63.74, 96.0, 96.61], [99.4, 99.5, 99.45]
+    c = compare(Group("a", a, 10000), Group("b", b, 10000), test)
+    ref = scipy_stats.ttest_ind(_logit_error(a), _logit_error(b), equal_var=equal_var)
+    assert math.isclose(c.p, ref.pvalue, rel_tol=1e-9)
+    assert math.isclose(math.log(c.low), ref.confidence_interval().low, rel_tol=1e-9)
+    points = compare(Group("a", a, 10000), Group("b", b, 10000), test, scale="points")
+    assert math.isclose(points.p, scipy_stats.ttest_ind(a, b, equal_var=equal_var).pvalue, rel_tol=1e-9)
+    assert points.ratio is None and points.low < points.difference < points.high
 
 
-def test_which_groups_are_erratic_does_not_depend_on_their_order():
-    """Two wild groups among steady ones: tested in list order, the first wild group can hide the
-    second (it inflates the others' pool); the most extreme first, then again, finds both in any order."""
-    import itertools
+def test_vectorised_pvalues_equal_the_per_pair_ones_and_nothing_varies_is_no_test():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(4, 5)), rng.normal(size=(4, 3))
+    for test in ("welch-hsu", "welch", "student"):
+        batch = pair_pvalues(test, a, b)
+        for k in range(4):
+            one = compare(Group("a", list(100 - np.exp(a[k])), 10000), Group("b", list(100 - np.exp(b[k])), 10000),
+                          test, scale="points")
+            assert math.isclose(batch[k], pair_pvalues(test, a[k], b[k]), rel_tol=1e-12)
+            assert one.p is not None
+    assert np.isnan(pair_pvalues("welch-hsu", np.zeros(3), np.ones(3)))  # every seed at one value on each side
+    chance = compare(Group("x", [11.35] * 3, 10000), Group("y", [9.8] * 3, 10000))
+    assert chance.p is None and "no seed-to-seed variation" in chance.verdict()
 
-    groups = [Group("ok1", [99.4, 99.5, 99.45], 10000), Group("ok2", [99.3, 99.35, 99.4], 10000),
-              Group("ok3", [99.2, 99.3, 99.25], 10000), Group("ok4", [99.5, 99.45, 99.55], 10000),
-              Group("wild", [63.74, 96.0, 96.61], 10000), Group("wilder", [11.35, 73.67, 49.12], 10000)]
-    outcomes = {(frozenset(p.erratic), p.df) for p in map(pooled_variance, itertools.permutations(groups))}
-    assert outcomes == {(frozenset({"wild", "wilder"}), 8)}
+
+def test_a_verdict_needs_the_plans_seeds_else_it_is_a_direction():
+    a, b = Group("a", [99.6, 99.61, 99.62], 10000), Group("b", [99.0, 99.01, 99.02], 10000)
+    c = compare(a, b, min_seeds=5)
+    c.adjusted_p = c.p
+    assert c.verdict() == "directional (n = 3): a ahead"
+    c = compare(a, b, min_seeds=3)
+    c.adjusted_p = c.p
+    assert c.verdict() == "a higher"
+
+
+def test_analysis_plans_are_checked_and_overrides_are_key_value():
+    assert validate({})["test"] == "welch-hsu" and validate({})["min_seeds"] == 5
+    assert parse_overrides(["test=student", "alpha=0.01", "min_seeds=3"])["alpha"] == 0.01
+    for bad, words in ((["test=ttest"], "test = 'ttest' is not one of"), (["alpha=0.9"], "alpha"),
+                       (["alpha=x"], "not a number"), (["min_seeds=1"], "min_seeds"), (["oops"], "KEY=VALUE"),
+                       (["colour=red"], "unknown field")):
+        with pytest.raises(AnalysisError, match=words):
+            parse_overrides(bad)
+    with pytest.raises(ValueError):  # AnalysisError is a ValueError for Python callers
+        validate({"correction": "sidak"})
 
 
 def test_single_runs_are_compared_image_by_image(tmp_path):
@@ -105,7 +133,7 @@ def test_single_runs_are_compared_image_by_image(tmp_path):
         (d / "misclassified.json").write_text(json.dumps({"wrong_indices": wrong, "images": [], "wrong_total": 1}))
         summary["experiments"].append({"name": name, "dir": d.name, "status": "done", "final_test_accuracy": 99.0,
                                        "norm": name, "seed": 1, "dataset": "mnist", "test_limit": None})
-    families, _ = study_families(tmp_path, summary)
+    families = study_families(tmp_path, summary)
     (paired,) = families[0].paired
     assert (paired.only_a_wrong, paired.only_b_wrong) == (10, 40) and paired.adjusted_p < 0.05
 
