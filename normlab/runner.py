@@ -181,8 +181,8 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
 
     check_run_arguments(workers=workers, executor=executor, grouped=grouped, graph=graph, device=device)
     out = Path(out)
-    check_study_folder(out)  # before the lock file is made: a folder normlab did not make stays untouched
     check_no_running_study_around(out)
+    check_study_folder(out)  # before the lock file is made: a folder normlab did not make stays untouched
     with interrupts_raise_keyboard_interrupt(), directory_lock(out):
         for d in (out, *(out / cfg.dirname for cfg in study.experiments)):
             remove_temp_files(d)  # left by a process killed mid-write; nothing else writes here now
