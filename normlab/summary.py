@@ -130,13 +130,33 @@ def study_experiments(study_dir: Path, meta: dict) -> list[tuple[str, dict | Non
         return [(ExperimentConfig.from_dict(c).dirname, c) for c in meta["experiments"]]
     if meta.get("dirs"):
         return [(d, None) for d in meta["dirs"] if plain_name(d)]
-    return []
+    return [(d, None) for d in checkpoint_folders(study_dir)]
+
+
+def checkpoint_folders(study_dir: Path) -> list[str]:
+    """The sub-folders that hold a checkpoint normlab wrote (its format and checksums verified) of
+    the experiment the folder is named after: the record left when study.json and summary.json are
+    both lost. Links, special files and anything else are not experiment folders."""
+    from .checkpoint import load_checkpoint
+    from .fileio import kind_of
+
+    found = []
+    for p in sorted(Path(study_dir).iterdir()):
+        if not (plain_name(p.name) and kind_of(p) == "directory" and kind_of(p / CHECKPOINT) == "file"):
+            continue
+        try:
+            state = load_checkpoint(p / CHECKPOINT)
+            if ExperimentConfig.from_dict(state["experiment"]).dirname == p.name:
+                found.append(p.name)
+        except (NormlabError, KeyError, TypeError, ValueError):
+            continue
+    return found
 
 
 def has_study_record(study_dir: Path) -> bool:
-    """Whether `study_dir` holds a study record normlab wrote (a sound study.json or summary.json);
-    reads only."""
-    return bool(load_study_meta(Path(study_dir), notify=lambda message: None))
+    """Whether `study_dir` holds a record normlab wrote: a sound study.json or summary.json, or failing
+    both, an experiment folder with its checkpoint (`checkpoint_folders`); reads only."""
+    return bool(load_study_meta(Path(study_dir), notify=lambda message: None)) or bool(checkpoint_folders(study_dir))
 
 
 def not_a_study(study_dir: Path) -> NormlabError:
