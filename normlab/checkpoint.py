@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import NormlabError, first_line
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, kind_of
 from .model import Net, NetConfig
 from .provenance import valid as provenance_valid
 
@@ -99,10 +99,11 @@ def verify_checksums(path: Path) -> None:
 def load_checkpoint(path: Path | str) -> dict:
     """The checkpoint's dict; one clear error for a missing, foreign, damaged or unsafe file."""
     path = Path(path)
-    if not path.exists():
+    kind = kind_of(path)
+    if kind is None:
         raise CheckpointError(path, "the file does not exist")
-    if not path.is_file():
-        raise CheckpointError(path, "not a regular file")
+    if kind != "file":  # a link or a FIFO is never followed or waited on
+        raise CheckpointError(path, f"not a regular file but a {kind}")
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:

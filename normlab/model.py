@@ -28,6 +28,7 @@ elements and is a different method.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 
@@ -158,6 +159,13 @@ class Net(nn.Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError("dropout", dropout, "{setting} must be a probability from 0 to below 1.")
         check_network(last_norm, init, conv_bias)
+        for key, value in (("mean", mean), ("std", std)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or abs(value) > 1e30:
+                raise ConfigError(key, value, "{setting} must be a finite number (the training images' pixel "
+                                  "statistic in [0, 1]).")
+        if std <= 1e-30:
+            raise ConfigError("std", std, "{setting} must be positive: the images are divided by it.")
         self.config = NetConfig(norm, groups, dropout, mean, std, last_norm, init, conv_bias)
         self.register_buffer("input_mean", torch.tensor(float(mean)))
         self.register_buffer("input_std", torch.tensor(float(std)))

@@ -40,6 +40,10 @@ def dynamics_by_name(study_dir: Path, summary: dict, statistic: str, geometric: 
     for experiments that recorded it. The steps of an epoch that diverged are left out: they are
     one seed's last moments, not comparable with the others' finished epochs."""
     per_name: dict[str, list[list[dict]]] = defaultdict(list)
+    recorded = {e["name"] for e in summary["experiments"] if e["status"] in ("done", "diverged")
+                and (Path(study_dir) / e["dir"] / DYNAMICS).is_file()}
+    if len(recorded) > MAX_PANELS:  # too many names to draw or tabulate: not read at all
+        return {}
     for e in summary["experiments"]:
         if e["status"] not in ("done", "diverged"):
             continue

@@ -92,6 +92,17 @@ def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path
     higher_is_better = "accuracy" in metric
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     shown = []
+    many = len(curves) > MAX_LINES
+    if many:  # thin unlabelled lines for all; the best and worst few drawn and named as usual
+        ranked = sorted(curves, key=lambda n: curves[n][metric].mean(0)[-1] * (-1 if higher_is_better else 1))
+        named = set(ranked[:3] + ranked[-3:])
+        for name, c in curves.items():
+            if name not in named:
+                mean = c[metric].mean(0)
+                ax.plot(c["epochs"], mean, linewidth=0.6, alpha=0.25, color="gray")
+                shown.append(mean)
+        curves = {n: curves[n] for n in ranked if n in named}
+        ax.plot([], [], linewidth=0.6, color="gray", label=f"{len(ranked) - len(curves)} other names")
     for c in curves.values():
         runs = c[metric]
         mean = runs.mean(0)
@@ -132,9 +143,18 @@ def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path
     return path
 
 
+MAX_WIDTH_PX = 8000  # no figure is wider (or taller) than this: more names become an aggregated view
+MAX_PANELS = 8  # train-vs-test panels side by side; more names: one scatter of every name
+MAX_LINES = 12  # named curves on one axes; more: thin unlabelled lines, the best and worst named
+MAX_BARS = 40  # bars of the comparison figure; more: the best and the worst MAX_BARS // 2
+
+
 def plot_train_vs_test(study_dir: Path, summary: dict, path: Path) -> Path:
-    """Per model: train and test accuracy, the gap shows over/under-fitting (train is augmented)."""
+    """Per model: train and test accuracy, the gap shows over/under-fitting (train is augmented).
+    More than MAX_PANELS names: one scatter of final train against final test accuracy."""
     curves = curves_by_name(study_dir, summary)
+    if len(curves) > MAX_PANELS:
+        return _train_vs_test_scatter(summary, curves, path)
     fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.2 * max(len(curves), 1), 3.6), dpi=100,
                              squeeze=False)
     for ax, c in zip(axes[0], curves.values()):
@@ -149,6 +169,55 @@ def plot_train_vs_test(study_dir: Path, summary: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(_title(summary, "train vs test accuracy"), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def _train_vs_test_scatter(summary: dict, curves: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    train = np.array([c["train_accuracy"].mean(0)[-1] for c in curves.values()])
+    test = np.array([c["test_accuracy"].mean(0)[-1] for c in curves.values()])
+    norms = [c["entry"]["norm"] for c in curves.values()]
+    for norm in dict.fromkeys(norms):
+        pick = [k for k, n in enumerate(norms) if n == norm]
+        ax.scatter(train[pick], test[pick], s=14, alpha=0.7, color=colour(norm), label=norm)
+    lo = float(min(train.min(), test.min()))
+    ax.plot([lo, 100], [lo, 100], color="gray", linewidth=1, linestyle="--", label="train = test")
+    ax.set_xlabel("final train accuracy (%, augmented, dropout on)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(_title(summary, f"train vs test accuracy, {len(curves)} names"), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def plot_misclassified_overview(study_dir: Path, entries: list[dict], path: Path, rows: int = 20
+                                ) -> Path | None:
+    """One figure for a large study: the most confident mistake of the `rows` best and `rows` worst
+    finished experiments (by final accuracy), one row each with its 10 stored images side by side."""
+    ranked = sorted(entries, key=lambda e: -e["final_test_accuracy"])
+    picked = ranked if len(ranked) <= 2 * rows else ranked[:rows] + ranked[-rows:]
+    strips, labels = [], []
+    for e in picked:
+        try:
+            mis = read_json(Path(study_dir) / e["dir"] / "misclassified.json")
+            cells = [np.array(im["pixels"], dtype=np.uint8) for im in mis["images"][:10]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        cells += [np.zeros((28, 28), np.uint8)] * (10 - len(cells))
+        strips.append(np.concatenate([np.pad(c, 1, constant_values=128) for c in cells], axis=1))
+        labels.append(f"{e['name']} s{e['seed']} ({e['final_test_accuracy']:.2f}%)")
+    if not strips:
+        return None
+    fig, ax = plt.subplots(figsize=(8, min(0.32 * len(strips) + 1.2, MAX_WIDTH_PX / 100)), dpi=100)
+    ax.imshow(np.concatenate(strips, axis=0), cmap="gray", vmin=0, vmax=255, aspect="equal")
+    ax.set_yticks([30 * k + 15 for k in range(len(strips))], labels, fontsize=6)
+    ax.set_xticks([])
+    ax.set_title(f"most confident mistakes: the {min(rows, len(strips))} best and worst of {len(entries)} "
+                 "finished experiments", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
     return path
@@ -196,15 +265,20 @@ def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:
     panels = {k: v for k, v in panels.items() if len({c[0] for c in v}) >= 2 or len({c[1] for c in v}) >= 2}
     if not any(len({c[0] for c in v}) >= 2 and len({c[1] for c in v}) >= 2 for v in panels.values()):
         return None  # no panel is a grid of both settings
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.8, 4.2), dpi=110, squeeze=False)
+    panels = dict(list(panels.items())[:MAX_LINES])  # at most 12 panels, 4 to a row
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 0.8, 4.2 * rows), dpi=110, squeeze=False)
     seeds = max(len(v) for v in cells.values())
-    for ax, (series, panel) in zip(axes[0], panels.items()):
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (series, panel) in zip(axes.flat, panels.items()):
         ys, xs = sorted({c[0] for c in panel}), sorted({c[1] for c in panel})
         grid = np.full((len(ys), len(xs)), np.nan)
         for (yv, xv), values in panel.items():
             grid[ys.index(yv), xs.index(xv)] = np.mean(values)
         im = ax.imshow(grid, cmap="viridis", origin="upper", aspect="auto")
-        for i in range(len(ys)):
+        for i in range(len(ys) if grid.size <= 144 else 0):  # numbers in the cells while they fit
             for j in range(len(xs)):
                 if not np.isnan(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=10,
@@ -228,6 +302,11 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
     if len(finals) < 4:
         return None
     names = list(finals)
+    title = "final test accuracy of every experiment"
+    if len(names) > MAX_BARS:  # the best and the worst: a bar per name would be a figure metres tall
+        ranked = sorted(names, key=lambda n: -np.mean(finals[n]))
+        names = ranked[:MAX_BARS // 2] + ranked[-(MAX_BARS // 2):]
+        title = f"final test accuracy: the {MAX_BARS // 2} best and worst of {len(ranked)} names"
     means = [np.mean(finals[n]) for n in names]
     entries = {e["name"]: e for e in summary["experiments"]}
     fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(names) + 1.4), dpi=110)
@@ -238,10 +317,10 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
         ax.text(m, yi, f" {m:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
-    lo = min(min(v) for v in finals.values())
-    ax.set_xlim(lo - 0.15, max(max(v) for v in finals.values()) + 0.12)
+    lo = min(min(finals[n]) for n in names)
+    ax.set_xlim(lo - 0.15, max(max(finals[n]) for n in names) + 0.12)
     ax.set_xlabel("final test accuracy (%)")
-    ax.set_title(_title(summary, "final test accuracy of every experiment"), fontsize=10)
+    ax.set_title(_title(summary, title), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

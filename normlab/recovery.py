@@ -19,7 +19,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ExperimentConfig
 from .errors import NormlabError, first_line
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, kind_of
 from .model import Net
 from .results import (
     CHECKPOINT,
@@ -120,11 +120,71 @@ def status_view(checkpoint: dict, kind: str) -> dict:
     return view
 
 
-def _misclassified_ok(read: Read) -> bool:
-    images = read.value.get("images") if read.ok else None
-    return isinstance(images, list) and all(
-        isinstance(im, dict) and isinstance(im.get("pixels"), list) and len(im["pixels"]) == 28
-        for im in images) and isinstance(read.value.get("wrong_total"), int)
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _image_problem(im, test_size: int, wrong: set[int] | None) -> str | None:
+    if not isinstance(im, dict):
+        return "an image entry is not an object"
+    if not (_int(im.get("index")) and 0 <= im["index"] < test_size):
+        return f"an image's index is not a test image index (0 to {test_size - 1})"
+    if wrong is not None and im["index"] not in wrong:
+        return f"image {im['index']} is not among its wrong_indices"
+    if not all(_int(im.get(k)) and 0 <= im[k] < 1000 for k in ("true", "predicted")) or im["true"] == im["predicted"]:
+        return f"image {im['index']} has no true and different predicted class"
+    if not all(isinstance(im.get(k), str) and len(im[k]) <= 100 for k in ("true_name", "predicted_name")):
+        return f"image {im['index']} has no class names"
+    c = im.get("confidence")
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
+        return f"image {im['index']}'s confidence is not a probability"
+    pixels = im.get("pixels")
+    if not (isinstance(pixels, list) and len(pixels) == 28 and all(
+            isinstance(row, list) and len(row) == 28 and all(_int(v) and 0 <= v <= 255 for v in row)
+            for row in pixels)):
+        return f"image {im['index']}'s pixels are not 28 x 28 bytes"
+    return None
+
+
+def misclassified_problem(value, config: dict, history: list[dict]) -> str | None:
+    """Why a misclassified.json's content cannot be used for this experiment, or None: every wrong
+    index a unique test image index, as many as wrong_total says and as the final accuracy implies,
+    and every stored image one of them (a file any other way would flip an image-by-image verdict)."""
+    from .data import DATASETS
+
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    spec = DATASETS.get(config.get("dataset"))
+    full = spec.size("test") if spec else 10000
+    n = min(config.get("test_limit") or full, full)
+    total = value.get("wrong_total")
+    if not (_int(total) and 0 <= total <= n):
+        return f"its wrong_total is not a count from 0 to its {n} test images"
+    if isinstance(value.get("wrong_indices"), list) and history \
+            and isinstance(history[-1].get("test_accuracy"), (int, float)):
+        expected = round(n * (1 - history[-1]["test_accuracy"] / 100))
+        if abs(total - expected) > max(2, n // 200):
+            return (f"its wrong_total {total} disagrees with the final test accuracy "
+                    f"{history[-1]['test_accuracy']:g}% ({expected} wrong of {n})")
+    wrong = value.get("wrong_indices")
+    if wrong is not None:
+        if not isinstance(wrong, list) or not all(_int(i) and 0 <= i < n for i in wrong):
+            return f"its wrong_indices are not all test image indices (0 to {n - 1})"
+        if len(set(wrong)) != len(wrong):
+            return "its wrong_indices repeat an index"
+        if len(wrong) != total:
+            return f"its wrong_total {total} is not the {len(wrong)} wrong_indices it lists"
+    for key in ("dataset", "rule"):
+        if not isinstance(value.get(key), str) or len(value[key]) > 200:
+            return f"its {key} is not a short text"
+    images = value.get("images")
+    if not isinstance(images, list) or len(images) > min(total, 100):
+        return "its images are not a list of at most wrong_total images"
+    for im in images:
+        problem = _image_problem(im, n, set(wrong) if isinstance(wrong, list) else None)
+        if problem:
+            return problem
+    return None
 
 
 UNRECORDED = "unrecorded"  # the device of a format-1 checkpoint: it kept none, and its status.json was a guess
@@ -161,12 +221,17 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     d = Path(exp_dir)
     if wanted is not None:  # a study.json written before a setting existed: that setting takes its default
         wanted = _normalized(wanted, strict=False)
+    where = kind_of(d)
+    if where not in (None, "directory"):  # a link would lead writes outside the study folder
+        return _damaged(d, wanted, f"{d} is a {where}, not an experiment folder normlab made; move it away, "
+                        "then run again with --resume to train that experiment in a folder of its own.")
     for name in (CHECKPOINT, CONFIG, METRICS, DYNAMICS, STATUS, MISCLASSIFIED):
-        if (d / name).exists() and not (d / name).is_file():
-            return _damaged(d, wanted, f"{d / name} is not a regular file; move it away, then run again with "
-                            "--resume to rebuild it (or to retrain the experiment, for model.pt).")
+        kind = kind_of(d / name)
+        if kind not in (None, "file"):
+            return _damaged(d, wanted, f"{d / name} is a {kind}, not a file normlab wrote; move it away, then "
+                            "run again with --resume to rebuild it (or to retrain the experiment, for model.pt).")
     config_read = read_json_file(d / CONFIG)
-    if not (d / CHECKPOINT).exists():
+    if kind_of(d / CHECKPOINT) is None:
         return _without_checkpoint(d, wanted, config_read)
     try:
         state = load_checkpoint(d / CHECKPOINT)
@@ -219,9 +284,10 @@ def inspect_experiment(exp_dir: Path, wanted: dict | None, resume: bool = True) 
     if state.get("diverged"):
         kind = DIVERGED
     elif state["epoch"] >= cfg["epochs"]:
-        kind = DONE if _misclassified_ok(misclassified) else FINISHING
+        problem = misclassified.problem or misclassified_problem(misclassified.value, cfg, state["history"])
+        kind = DONE if problem is None else FINISHING
         if kind == FINISHING and misclassified.problem != "missing":
-            repairs.append((MISCLASSIFIED, misclassified.problem or "malformed"))
+            repairs.append((MISCLASSIFIED, problem))
     else:
         kind = RUNNING
     if kind != DONE and kind != FINISHING and misclassified.problem != "missing":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -10,6 +12,7 @@ from .analysis import DEFAULT as DEFAULT_ANALYSIS
 from .analysis import validate as validate_analysis
 from .axes import series_label, varying_settings
 from .comparisons import comparison_lines, test_size
+from .config import NAME_PATTERN
 from .errors import NormlabError
 from .fileio import atomic_write_text
 from .plot_dynamics import FIGURES, MAX_PANELS, dynamics_by_name, plot_dynamics
@@ -211,15 +214,86 @@ def generate_report(study_dir: Path, summary: dict | None = None, exploratory: d
     for statistic in FIGURES:
         figures[statistic] = plot_dynamics(study_dir, shown, statistic, study_dir / f"{statistic}.png")
     figures = {k: v for k, v in figures.items() if v is not None}
+    grids = misclassified_grids(study_dir, shown, figures)
+    atomic_write_text(study_dir / "report.md",
+                      report_markdown(study_dir, markdown_safe(summary), figures, grids, exploratory))
+    return summary
+
+
+MAX_GRIDS = 24  # finished experiments drawn one misclassified grid each; a larger study shares one figure
+
+
+def misclassified_grids(study_dir: Path, shown: dict, figures: dict) -> dict:
+    """Each finished experiment's grid of its most confident mistakes, drawn only when missing or older
+    than its misclassified.json; a study of more than MAX_GRIDS finished experiments gets one shared
+    figure instead (`plots.plot_misclassified_overview`), so reporting grows by little per experiment."""
+    from .plots import plot_misclassified_overview
+
+    done = [e for e in shown["experiments"] if e["status"] == "done"]
+    if len(done) > MAX_GRIDS:
+        path = plot_misclassified_overview(study_dir, done, study_dir / "misclassified.png")
+        if path:
+            figures["misclassified"] = path
+        return {}
     grids = {}
-    for e in shown["experiments"]:
-        if e["status"] != "done":
+    for e in done:
+        source, target = study_dir / e["dir"] / "misclassified.json", study_dir / e["dir"] / "misclassified.png"
+        if _newer(target, source):
+            grids[e["dir"]] = target
             continue
-        path = plot_misclassified(study_dir / e["dir"], e, study_dir / e["dir"] / "misclassified.png")
+        path = plot_misclassified(study_dir / e["dir"], e, target)
         if path:
             grids[e["dir"]] = path
-    atomic_write_text(study_dir / "report.md", report_markdown(study_dir, summary, figures, grids, exploratory))
-    return summary
+    return grids
+
+
+def _newer(target: Path, source: Path) -> bool:
+    """Whether `target` is a regular file written after `source` (a figure still up to date)."""
+    from .fileio import kind_of
+
+    try:
+        return kind_of(target) == "file" and kind_of(source) == "file" and \
+            target.stat().st_mtime_ns > source.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
+MARKUP = re.compile(r"([\\`*\[\]#|!])")
+
+
+def markdown_text(text, limit: int = 2000) -> str:
+    """User text (a description, a question, a name read from a file) as plain text inside report.md:
+    one line, markup characters escaped, HTML as entities, so it cannot add a heading, a table row or
+    cell, raw HTML or a link."""
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    text = MARKUP.sub(r"\\\1", html.escape(text, quote=False))
+    text = text.replace("://", ":&#47;&#47;").replace("www.", "www&#46;")  # no bare autolinks either
+    if re.match(r"[-+=]", text):  # a line starting so would be a list item or a heading's underline
+        text = "\\" + text
+    return re.sub(r"^(\d+)([.)])", r"\1\\\2", text)  # nor a numbered list item
+
+
+def _name(text) -> str:
+    """A name as report.md shows it: a name normlab made is safe as it is; anything else is escaped."""
+    return text if isinstance(text, str) and NAME_PATTERN.fullmatch(text) else markdown_text(text, 200)
+
+
+def markdown_safe(summary: dict) -> dict:
+    """A copy of `summary` for writing report.md: every text that came from a study file or a result
+    file escaped (`markdown_text`), names the same way wherever they appear, so lookups still match."""
+    safe = {**summary, "study": _name(summary.get("study", "")),
+            "description": markdown_text(summary.get("description", ""))}
+    safe["experiments"] = [{**e, "name": _name(e.get("name", "")),
+                            **({"message": markdown_text(e["message"], 500)} if e.get("message") else {})}
+                           for e in summary["experiments"]]
+    if summary.get("families"):
+        safe["families"] = [{**f, **({"question": markdown_text(f["question"])} if "question" in f else {}),
+                             **({"among": [_name(n) for n in f["among"]]} if isinstance(f.get("among"), list) else {}),
+                             **({"reference": _name(f["reference"])} if "reference" in f else {})}
+                            for f in summary["families"]]
+    return safe
 
 
 def _limits_line(summary: dict) -> list[str]:

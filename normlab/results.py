@@ -13,12 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DamagedError
-from .fileio import atomic_write_text
+from .fileio import NotAFileError, atomic_write_text, safe_read_bytes
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -37,6 +38,16 @@ DONE = "done"
 DIVERGED = "diverged"  # a non-finite loss stopped it; the checkpoint keeps the last good epoch
 DAMAGED = "damaged"  # a file that cannot be trusted or rebuilt; the message names it and the fix
 
+# A folder or file name read from a result file: one plain name inside the study folder (no "..",
+# no separator, not absolute, not hidden), as experiment directory names are made.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def plain_name(value) -> bool:
+    """Whether `value` (read from disk) may name a folder inside the study folder."""
+    return isinstance(value, str) and PLAIN_NAME.fullmatch(value) is not None and ".." not in value
+
+
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"]
 
 
@@ -54,10 +65,12 @@ class Read:
 
 def read_text(path: Path) -> Read:
     path = Path(path)
-    if not path.exists():
-        return Read(problem="missing")
     try:
-        data = path.read_bytes()
+        data = safe_read_bytes(path)  # never through a link, never waiting on a FIFO
+    except FileNotFoundError:
+        return Read(problem="missing")
+    except NotAFileError as e:
+        return Read(problem=f"a {e.kind}, not a file normlab wrote")
     except OSError as e:
         return Read(problem=f"unreadable: {e.strerror}")
     if not data:

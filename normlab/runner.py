@@ -26,15 +26,17 @@ from pathlib import Path
 from . import data as datasets
 from .analysis import declare as declare_analysis
 from .config import ExperimentConfig
-from .errors import NormlabError, notice
+from .errors import ArgumentError, NormlabError, notice
 from .execution import EpochResult, Pending, Progress, Status
 from .execution.schedule import seed_rounds
-from .fileio import directory_lock, remove_temp_files
+from .fileio import TEMP_NAME, directory_lock, kind_of, remove_temp_files
 from .interrupts import interrupts_raise_keyboard_interrupt
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
-from .results import DIVERGED, DONE, RUNNING
+from .results import CHECKPOINT, CONFIG, DIVERGED, DONE, RUNNING, STUDY, read_json_file
 from .studies import Study
 from .summary import (
+    check_no_running_study_around,
+    has_study_record,
     load_study_meta,
     machine_description,
     machines_of,
@@ -61,6 +63,7 @@ def plan_study(study: Study, out: Path, resume: bool) -> dict[str, ExperimentSta
     names = [e.dirname for e in study.experiments]
     if len(set(names)) != len(names):
         raise NormlabError("the study has two experiments with the same name and seed.")
+    check_study_folder(Path(out))
     held = load_study_meta(Path(out), notify=lambda message: None).get("study")  # reads, never writes
     if held is not None and held != study.name:
         raise NormlabError(f"{out} holds the study '{held}', not '{study.name}'; use another --out.")
@@ -70,6 +73,37 @@ def plan_study(study: Study, out: Path, resume: bool) -> dict[str, ExperimentSta
         for split in datasets.SPLITS:  # fetched and verified once here, not in every worker
             datasets.load(dataset, split)
     return states
+
+
+def _experiment_folder(path: Path) -> bool:
+    """Whether `path` is an experiment folder normlab made: a checkpoint, or a config.json whose
+    experiment this folder is named after."""
+    if kind_of(path) != "directory":
+        return False
+    if kind_of(path / CHECKPOINT) == "file":
+        return True
+    config = read_json_file(path / CONFIG)
+    try:
+        return config.ok and ExperimentConfig.from_dict(config.value).dirname == path.name
+    except (NormlabError, TypeError):
+        return False
+
+
+def check_study_folder(out: Path) -> None:
+    """`out` is new, empty, a study normlab made (its study.json or summary.json), or holds only
+    experiment folders normlab made: anything else is refused before a file is written there."""
+    kind = kind_of(out)
+    if kind is None:
+        return
+    if kind not in ("directory", "symbolic link") or not out.is_dir():
+        raise NormlabError(f"--out {out} is a {kind}, not a folder; choose a new or empty folder.")
+    if has_study_record(out):
+        return
+    for entry in sorted(out.iterdir()):
+        if entry.name == ".lock" or TEMP_NAME.fullmatch(entry.name) or _experiment_folder(entry):
+            continue
+        raise NormlabError(f"{out} holds {entry.name}, which normlab did not make, and no study record "
+                           f"({STUDY}); normlab changes only folders it made, so choose a new or empty --out.")
 
 
 def available_cores() -> int:
@@ -115,6 +149,23 @@ def choose_executor(kind: str, grouped: str, device: str, workers: int, address:
     return LocalExecutor(workers, device)
 
 
+EXECUTORS = ("local", "ray")
+SWITCHES = ("auto", "on", "off")
+
+
+def check_run_arguments(*, workers, executor, grouped, graph, device) -> None:
+    """run_study's own arguments, checked before anything is locked or read: a ValueError worded for Python."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ArgumentError(f"workers={workers!r} must be a positive integer (or None: one per core).")
+    if executor not in EXECUTORS:
+        raise ArgumentError(f"executor={executor!r} is not an executor; choose one of: {', '.join(EXECUTORS)}.")
+    for key, value in (("grouped", grouped), ("graph", graph)):
+        if value not in SWITCHES:
+            raise ArgumentError(f"{key}={value!r} must be one of: {', '.join(SWITCHES)}.")
+    if not isinstance(device, str) or not device:
+        raise ArgumentError(f"device={device!r} must be a device name such as 'cpu' or 'cuda'.")
+
+
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
               device: str = "cpu", executor: str = "local", address: str | None = None,
               quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
@@ -128,7 +179,10 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     """
     from .tensorboard import TensorBoardExport
 
+    check_run_arguments(workers=workers, executor=executor, grouped=grouped, graph=graph, device=device)
     out = Path(out)
+    check_no_running_study_around(out)
+    check_study_folder(out)  # before the lock file is made: a folder normlab did not make stays untouched
     with interrupts_raise_keyboard_interrupt(), directory_lock(out):
         for d in (out, *(out / cfg.dirname for cfg in study.experiments)):
             remove_temp_files(d)  # left by a process killed mid-write; nothing else writes here now

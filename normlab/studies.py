@@ -20,6 +20,9 @@ runs seed after seed.
 from __future__ import annotations
 
 import itertools
+import math
+import re
+import string
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,8 @@ from typing import Any
 
 from .analysis import validate as validate_analysis
 from .config import NAME_PATTERN, SETTINGS, ExperimentConfig
-from .errors import ArgumentError, ConfigError, NormlabError
+from .errors import ArgumentError, ConfigError, NormlabError, first_line
+from .fileio import safe_read_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,6 +39,17 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
+MAX_STUDY_FILE = 2**20  # bytes: a study file is a page of settings
+MAX_TEMPLATE = 400  # characters of a name template (a name is at most 200)
+MAX_FIELD_WIDTH = 200  # a format width or precision in a template: no name is longer
+MAX_TEXT = 2000  # characters of a description or a family's question
+MAX_EXPERIMENTS = 100_000  # experiments one study may expand to (before they are built)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """User text in a message, cut to `limit` characters: an error message stays one short sentence."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} characters)"
 NAME_ABBREVIATIONS = {"batch_size": "b"}
 
 
@@ -96,12 +111,13 @@ def read_study_file(study: str | Path) -> StudySpec:
     """The spec of a preset name or a study file, with every key checked."""
     path = study_path(study)
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
+        doc = tomllib.loads(safe_read_bytes(path, limit=MAX_STUDY_FILE).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise NormlabError(f"{path} is not valid TOML ({e}); fix the file.") from None
+        raise NormlabError(f"{path} is not valid TOML ({first_line(e, 120)}); fix the file.") from None
+    except ValueError as e:
+        raise NormlabError(f"study file {first_line(e, 160)}; a study file is a page of settings.") from None
     except OSError as e:
-        raise NormlabError(f"cannot read study file {path} ({e.strerror}).") from None
+        raise NormlabError(f"cannot read study file {path} ({e.strerror or first_line(e, 120)}).") from None
     _check_keys(str(path), doc, ("description", "base", "grid", "family", "analysis"))
     analysis = validate_analysis(doc.get("analysis", {}), f"{path} [analysis]")
     base = doc.get("base", {})
@@ -112,6 +128,8 @@ def read_study_file(study: str | Path) -> StudySpec:
     _check_keys(f"{path} [base]", base, SETTINGS)
     if not isinstance(doc.get("description", ""), str):
         raise NormlabError(f"{path}: description must be a string.")
+    if len(doc.get("description", "")) > MAX_TEXT:
+        raise NormlabError(f"{path}: description is {len(doc['description']):,} characters; keep it to {MAX_TEXT}.")
     for where, table in ((f"{path} [base]", base),
                          *((f"{path} [[grid]] number {i}", g) for i, g in enumerate(grids, start=1))):
         empty = [k for k, v in table.items() if v == []]
@@ -121,9 +139,19 @@ def read_study_file(study: str | Path) -> StudySpec:
         _check_keys(f"{path} [[grid]] number {i}", grid, ("name", *SETTINGS))
         if "name" in grid and not isinstance(grid["name"], str):
             raise NormlabError(f"{path} [[grid]] number {i}: name must be a string template like \"gn-g{{groups}}\".")
-    return StudySpec(name=path.stem, description=str(doc.get("description", "")), grids=grids, base=base,
+        if "name" in grid:
+            check_template(f"{path} [[grid]] number {i}", grid["name"])
+    spec = StudySpec(name=path.stem, description=str(doc.get("description", "")), grids=grids, base=base,
                      source=str(path), families=_read_families(path, doc.get("family", [])),
                      analysis={k: v for k, v in analysis.items() if k in doc.get("analysis", {})})
+    if any("among" in f for f in spec.families):  # the names the file's own grids give
+        try:
+            experiments = build_study(StudySpec(**{**spec.__dict__, "families": []})).experiments
+        except NormlabError:
+            experiments = None  # a bad value the command line may override: build_study reports it
+        if experiments is not None:
+            check_families(spec, experiments)
+    return spec
 
 
 FAMILY_KEYS = ("question", "differ_in", "among", "reference")
@@ -138,6 +166,9 @@ def _read_families(path: Path, families) -> list[dict]:
         _check_keys(where, family, FAMILY_KEYS)
         if not isinstance(family.get("question"), str) or not family["question"].strip():
             raise NormlabError(f"{where} needs a question, a sentence saying what the comparisons answer.")
+        if len(family["question"]) > MAX_TEXT:
+            raise NormlabError(f"{where}: its question is {len(family['question']):,} characters; keep it to "
+                               f"{MAX_TEXT}.")
         if ("differ_in" in family) == ("among" in family):
             raise NormlabError(f"{where} needs either differ_in = \"setting\" or among = [experiment names].")
         if "differ_in" in family and family["differ_in"] not in SETTINGS:
@@ -149,6 +180,32 @@ def _read_families(path: Path, families) -> list[dict]:
         if "reference" in family and (not isinstance(family["reference"], str) or "among" not in family):
             raise NormlabError(f"{where}: reference must be one experiment name, given with among.")
     return families
+
+
+def check_template(where: str, template: str) -> None:
+    """A name template short enough, and with no format width or precision longer than a name, checked
+    before anything is formatted: "{norm:1500000000}" would otherwise build a 1.5 GB string."""
+    if len(template) > MAX_TEMPLATE:
+        raise NormlabError(f"{where}: the name template is {len(template):,} characters; names are at most 200, "
+                           f"so keep it to {MAX_TEMPLATE}.")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise NormlabError(f"{where}: name template {shown(template)} is malformed ({first_line(e, 80)}); use "
+                           "names of settings in braces, e.g. \"gn-g{groups}\".") from None
+    for _, field_name, spec, _ in parts:
+        if field_name is None:
+            continue
+        if "{" in (spec or ""):
+            raise NormlabError(f"{where}: name template {shown(template)} has a field inside a format spec; use "
+                               "plain names of settings in braces, e.g. \"gn-g{groups}\".")
+        if any(int(n) > MAX_FIELD_WIDTH for n in re.findall(r"\d+", spec or "")):
+            raise NormlabError(f"{where}: name template {shown(template)} asks for a width or precision above "
+                               f"{MAX_FIELD_WIDTH}, longer than any name; use a smaller one.")
+
+
+def _count(table: dict) -> int:
+    return math.prod(len(_as_list(v)) for v in table.values())
 
 
 def _product(table: dict) -> list[dict]:
@@ -205,11 +262,20 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
             raise ConfigError(key, values, "{setting} needs at least one value.")
         overrides[key] = values
     if seeds is not None:
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) \
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ConfigError("seeds", seeds if isinstance(seeds, (list, tuple)) else [seeds],
+                              "{setting} must be a list of integers, e.g. [1, 2, 3].")
         if not seeds:
             raise ConfigError("seeds", seeds, "{setting} needs at least one seed.")
         overrides["seed"] = list(seeds)
     seed_values = overrides.pop("seed", None)
     swept = [k for k, v in overrides.items() if len(v) > 1]  # the command line's own grid
+    size = sum(_count(spec.base) * _count({k: v for k, v in t.items() if k != "name"}) for t in spec.grids) \
+        * _count(overrides) * len(seed_values or [None])
+    if size > MAX_EXPERIMENTS:
+        raise NormlabError(f"{spec.source}: the study would have {size:,} experiments, more than the "
+                           f"{MAX_EXPERIMENTS:,} one study may hold; give fewer values, or split it into studies.")
 
     points: list[tuple[str | None, dict, list[str]]] = []
     for table in spec.grids:
@@ -258,8 +324,23 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
     warnings = [f"--{k.replace('_', '-')} overrides a setting that the study's grid sets and its experiment "
                 f"names do not show; the names (e.g. {experiments[0].name!r}) no longer describe it."
                 for k in hidden]
+    if not swept:  # with the command line's own grid, names gain suffixes: the file's names were checked
+        check_families(spec, experiments)
     return Study(name=spec.name, experiments=experiments, description=spec.description, warnings=warnings,
                  families=spec.families, analysis=spec.analysis)
+
+
+def check_families(spec: StudySpec, experiments: list[ExperimentConfig]) -> None:
+    """Every name a [[family]] lists (among, reference) is an experiment of the study: a family that
+    names one it lacks is an error here, not a silently empty section of the report."""
+    names = list(dict.fromkeys(e.name for e in experiments))
+    for i, family in enumerate(spec.families, start=1):
+        listed = [*family.get("among", []), *([family["reference"]] if "reference" in family else [])]
+        missing = [n for n in listed if n not in names]
+        if missing:
+            known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            raise NormlabError(f"{spec.source} [[family]] number {i} names {shown(missing[0])}, which is not an "
+                               f"experiment of this study; use one of: {known}.")
 
 
 def _experiment(spec: StudySpec, settings: dict, overrides: dict) -> ExperimentConfig:
@@ -281,15 +362,17 @@ def _experiment_name(spec: StudySpec, template: str | None, settings: dict, swep
     """The grid's template (plus the settings that vary but it does not show), or the settings that vary."""
     if template is None:  # the norm first, always: it is what this lab compares
         return "-".join(name_part(k, settings[k]) for k in ["norm", *(k for k in varying if k != "norm")])
+    check_template(spec.source, template)  # from Python a spec may come without read_study_file's check
     try:
         name = template.format(**settings)
     except Exception as e:  # any format error: unknown key, bad spec, attribute or item access
-        raise NormlabError(f"{spec.source}: name template {template!r} does not fit the settings ({e}); "
-                           "use names of settings in braces, e.g. \"gn-g{groups}\".") from None
+        raise NormlabError(f"{spec.source}: name template {shown(template)} does not fit the settings "
+                           f"({first_line(e, 80)}); use names of settings in braces, e.g. \"gn-g{{groups}}\".") from None
     name = "-".join([name, *(name_part(k, settings[k]) for k in swept)])
     if not NAME_PATTERN.fullmatch(name):
-        raise NormlabError(f"{spec.source}: name template {template!r} gives {name!r}, not a safe experiment "
-                           "name (up to 200 letters, digits, '.', '_' or '-', starting with a letter or digit).")
+        raise NormlabError(f"{spec.source}: name template {shown(template)} gives {shown(name)}, not a safe "
+                           "experiment name (up to 200 letters, digits, '.', '_' or '-', starting with a letter or "
+                           "digit).")
     return name
 
 

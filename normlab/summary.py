@@ -19,10 +19,10 @@ import torch
 from .analysis import declare as declare_analysis
 from .checkpoint import weights_l1
 from .config import SETTINGS, ExperimentConfig
-from .errors import NormlabError, notice
+from .errors import DamagedError, NormlabError, notice
 from .fileio import atomic_write_json, directory_lock
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
-from .results import CHECKPOINT, CONFIG, DAMAGED, MISCLASSIFIED, STUDY, SUMMARY, read_json_file
+from .results import CHECKPOINT, DAMAGED, MISCLASSIFIED, STUDY, SUMMARY, plain_name, read_json_file
 
 STUDY_FIELDS = ("study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
                 "machines", "workers", "families", "analysis")
@@ -62,7 +62,7 @@ def meta_problem(meta: dict) -> str | None:
         "study": lambda v: isinstance(v, str) and v != "",
         "description": lambda v: isinstance(v, str),
         "experiments": lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
-        "dirs": lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v),
+        "dirs": lambda v: isinstance(v, list) and all(plain_name(d) for d in v),
         "wall_seconds": lambda v: v is None or _number(v),
         "round_wall_seconds": lambda v: isinstance(v, dict) and all(
             re.fullmatch(r"seed \d+", str(k)) and _number(x) for k, x in v.items()),
@@ -124,15 +124,45 @@ def save_study_meta(study_dir: Path, meta: dict) -> None:
 def study_experiments(study_dir: Path, meta: dict) -> list[tuple[str, dict | None]]:
     """(directory name, config the study asked for or None) of every experiment of the study.
 
-    From study.json; for older studies from summary.json; failing both, every sub-directory
-    that holds a checkpoint or a config.
+    From study.json; for older studies from summary.json. Never guessed from the folders present:
+    normlab changes only the experiment folders its own record names (plain names in the study).
     """
     if meta.get("experiments"):
         return [(ExperimentConfig.from_dict(c).dirname, c) for c in meta["experiments"]]
     if meta.get("dirs"):
-        return [(d, None) for d in meta["dirs"]]
-    return [(p.name, None) for p in sorted(Path(study_dir).iterdir())
-            if p.is_dir() and ((p / CHECKPOINT).exists() or (p / CONFIG).exists())]
+        return [(d, None) for d in meta["dirs"] if plain_name(d)]
+    return [(d, None) for d in checkpoint_folders(study_dir)]
+
+
+def checkpoint_folders(study_dir: Path) -> list[str]:
+    """The sub-folders that hold a checkpoint normlab wrote (its format and checksums verified) of
+    the experiment the folder is named after: the record left when study.json and summary.json are
+    both lost. Links, special files and anything else are not experiment folders."""
+    from .checkpoint import load_checkpoint
+    from .fileio import kind_of
+
+    found = []
+    for p in sorted(Path(study_dir).iterdir()):
+        if not (plain_name(p.name) and kind_of(p) == "directory" and kind_of(p / CHECKPOINT) == "file"):
+            continue
+        try:
+            state = load_checkpoint(p / CHECKPOINT)
+            if ExperimentConfig.from_dict(state["experiment"]).dirname == p.name:
+                found.append(p.name)
+        except (NormlabError, KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+def has_study_record(study_dir: Path) -> bool:
+    """Whether `study_dir` holds a record normlab wrote: a sound study.json or summary.json, or failing
+    both, an experiment folder with its checkpoint (`checkpoint_folders`); reads only."""
+    return bool(load_study_meta(Path(study_dir), notify=lambda message: None)) or bool(checkpoint_folders(study_dir))
+
+
+def not_a_study(study_dir: Path) -> NormlabError:
+    return NormlabError(f"{study_dir} is not a normlab study folder (it has no {STUDY} or {SUMMARY} that normlab "
+                        "wrote), so normlab changes nothing in it; pass the --out folder of a `normlab run`.")
 
 
 def conv_weight_l1(state: ExperimentState) -> float | None:
@@ -209,13 +239,100 @@ def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | N
     return summary
 
 
+STATUSES = ("pending", "running", "done", "diverged", "damaged")
+
+
+def _finite(value, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+def entry_problem(e) -> str | None:
+    """Why a summary.json entry cannot be reported, or None: the fields a report reads, typed and in range."""
+    if not isinstance(e, dict):
+        return "an entry is not an object"
+    if not plain_name(e.get("dir")):
+        return "an entry's dir is not a plain folder name inside the study"
+    if not isinstance(e.get("name"), str) or not 0 < len(e["name"]) <= 255:
+        return f"entry {e['dir']} has no name"
+    if e.get("status") not in STATUSES:
+        return f"entry {e['dir']} has an unknown status"
+    if e["status"] in ("done",):
+        try:
+            ExperimentConfig.from_dict({k: e[k] for k in ("name", *SETTINGS) if k in e})
+        except (NormlabError, TypeError):
+            return f"entry {e['dir']}'s settings are not a valid config"
+        for key in ("final_test_accuracy", "best_test_accuracy"):
+            if not _finite(e.get(key), 0, 100):
+                return f"entry {e['dir']}'s {key} is not a percentage"
+        for key in ("final_test_loss", "train_seconds"):
+            if not _finite(e.get(key), 0, float("inf")):
+                return f"entry {e['dir']}'s {key} is not a non-negative number"
+    if e.get("message") is not None and not isinstance(e["message"], str):
+        return f"entry {e['dir']}'s message is not text"
+    return None
+
+
+def summary_problem(summary) -> str | None:
+    if not isinstance(summary.get("experiments"), list):
+        return "malformed"
+    for key in ("study", "description"):
+        if key in summary and not isinstance(summary[key], str):
+            return f"damaged (its {key} is not text)"
+    if summary.get("families") is not None and not (isinstance(summary["families"], list) and all(
+            isinstance(f, dict) for f in summary["families"])):
+        return "damaged (its families are malformed)"
+    seen = set()
+    for e in summary["experiments"]:
+        problem = entry_problem(e)
+        if problem:
+            return f"damaged ({problem})"
+        if e["dir"] in seen:
+            return f"damaged (entry {e['dir']} is listed twice)"
+        seen.add(e["dir"])
+    return None
+
+
 def read_summary(study_dir: Path) -> dict:
-    """summary.json as a study's last run or refresh wrote it; one sentence when it is not usable."""
+    """summary.json as a study's last run or refresh wrote it, every entry checked; one sentence when
+    it is not usable, with the command that rebuilds it."""
     read = read_json_file(Path(study_dir) / SUMMARY)
-    if not read.ok or not isinstance(read.value.get("experiments"), list):
-        raise NormlabError(f"{Path(study_dir) / SUMMARY} is {read.problem or 'malformed'}; rebuild it with "
+    problem = read.problem or summary_problem(read.value)
+    if problem:
+        raise DamagedError(f"{Path(study_dir) / SUMMARY} is {problem}; rebuild it with "
                            f"`normlab report {study_dir}`.")
     return read.value
+
+
+def check_no_running_study_around(path: Path, depth: int = 3, limit: int = 10_000) -> None:
+    """Refuse a folder inside a study another normlab process is running (or one that holds such a
+    study within `depth` levels): the two would write the same files. Reads only."""
+    from .fileio import check_unlocked, kind_of
+
+    path = Path(path).absolute()
+    for parent in path.parents:
+        if kind_of(parent / ".lock") == "file":
+            try:
+                check_unlocked(parent)
+            except NormlabError:
+                raise NormlabError(f"{path} lies inside the study folder {parent}, which another normlab process "
+                                   "is writing now; wait for it to finish, or choose a folder outside it.") from None
+    if kind_of(path) != "directory":
+        return
+    seen = 0
+    for root, dirs, files in os.walk(path):
+        here = Path(root)
+        level = len(here.relative_to(path).parts)
+        if level >= depth:
+            dirs[:] = []
+        if here != path and ".lock" in files and kind_of(here / ".lock") == "file":
+            try:
+                check_unlocked(here)
+            except NormlabError:
+                raise NormlabError(f"{path} holds the study folder {here}, which another normlab process is "
+                                   "writing now; wait for it to finish, or choose another folder.") from None
+        seen += len(dirs) + len(files)
+        if seen > limit:
+            return
 
 
 def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> dict:
@@ -229,12 +346,14 @@ def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> 
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise NormlabError(f"{study_dir} is not a directory; pass the output directory of `normlab run`.")
+    if not has_study_record(study_dir):  # checked before the lock: a folder normlab did not make stays as it is
+        raise not_a_study(study_dir)
+    check_no_running_study_around(study_dir)
     with directory_lock(study_dir):
         meta = load_study_meta(study_dir, notify)
         experiments = study_experiments(study_dir, meta)
         if not experiments:
-            raise NormlabError(f"{study_dir} holds no normlab study (no {STUDY}, {SUMMARY} or experiment "
-                               "directories); pass the output directory of `normlab run`.")
+            raise not_a_study(study_dir)
         states = []
         for name, wanted in experiments:
             state = inspect_experiment(study_dir / name, wanted)

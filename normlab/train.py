@@ -293,7 +293,17 @@ class Experiment:
             torch.cuda.synchronize(self.device)
 
     def run_epoch(self) -> EpochMetrics:
-        """Train one epoch, evaluate on the test set, write metrics and checkpoint atomically."""
+        """Train one epoch, evaluate on the test set, write metrics and checkpoint atomically.
+        A number that overflows what a tensor holds on the way is a divergence, as a non-finite loss is."""
+        try:
+            return self._run_epoch()
+        except (RuntimeError, OverflowError) as e:
+            diverged = overflow_divergence(e, self.epoch + 1)
+            if diverged is None:
+                raise
+            raise diverged from None
+
+    def _run_epoch(self) -> EpochMetrics:
         cfg, d = self.cfg, self.data
         epoch = self.epoch + 1
         seed = epoch_seed(cfg.seed, epoch)
@@ -372,6 +382,14 @@ class Experiment:
         self.dynamics += last_steps
         self.diverged_at = {"epoch": error.epoch, "message": str(error)}
         self.save()
+
+
+def overflow_divergence(error: BaseException, epoch: int) -> DivergedError | None:
+    """The divergence an overflow during training is ("value cannot be converted to type float
+    without overflow", a Python float too large for float32), or None for any other error."""
+    if isinstance(error, OverflowError) or (isinstance(error, RuntimeError) and "overflow" in str(error)):
+        return DivergedError(epoch, f"a value overflowed at epoch {epoch} ({first_line(error, 100)})")
+    return None
 
 
 def _checked_checkpoint(exp_dir: Path) -> dict | None:

@@ -16,6 +16,12 @@ from .schedule import step_classes
 from .task import EpochResult, Pending, Status, result_from_exception
 
 
+def overflow_divergence(error, epoch):
+    from ..train import overflow_divergence as divergence
+
+    return divergence(error, epoch)
+
+
 class GroupedExecutor:
     """Each class of step-sharing experiments of the study (same `config.step_key`, study order)
     is one group with a fixed line-up. An epoch trains the class's least advanced experiments;
@@ -81,12 +87,59 @@ class GroupedExecutor:
                     alive[tuple(line_up)] = group
                     turn.append((tuple(line_up), group))
             members = [list(group.members) for _, group in turn]
-            for (key, _), before, outcome in zip(turn, members, run_together([g for _, g in turn])):
+            starts = [group.members[0].epoch for _, group in turn]
+            for (key, _), before, start, outcome in zip(turn, members, starts, run_together([g for _, g in turn])):
                 if isinstance(outcome, Exception):
                     alive.pop(key, None)  # its state is half an epoch on: rebuilt from the files
+                    if len(before) > 1:  # whose failure? each member alone, in its slot: siblings go on
+                        for result in self._alone(list(key), before, start, out):
+                            take(result)
+                        continue
+                    diverged = overflow_divergence(outcome, start + 1)
+                    if diverged is not None:
+                        outcome = {before[0].cfg.dirname: diverged}
+                        before[0].diverged(diverged)
                 for result in _results(before, outcome):
                     take(result)
         return final
+
+    def _alone(self, line_up: list[str], before: list, start: int, out: Path) -> list[EpochResult]:
+        """The epoch of a group that raised, again for each member alone (read back from its files, in
+        its own slot of the same line-up, so its numbers are those it would have had in the group):
+        the member whose failure it was reports it; its siblings land their epoch."""
+        from ..grouped import GroupedEpoch, run_together
+        from ..train import Experiment, summary_record
+
+        results = []
+        for m in before:
+            name = m.cfg.dirname
+            if m.diverged_at is not None:  # it diverged in the group before the failure, and saved so
+                results.append(EpochResult(name, Status.DIVERGED, m.diverged_at["epoch"], message=m.diverged_at[
+                    "message"], record=summary_record(m)))
+                continue
+            try:
+                exp = Experiment(m.cfg, out / name, device=self.device, resume=True, checked=True,
+                                 executor="grouped")
+                if exp.epoch > start:  # it landed before the group failed
+                    status = Status.DONE if exp.epoch >= exp.cfg.epochs else Status.RUNNING
+                    result = EpochResult(name, status, exp.epoch, record=summary_record(exp))
+                    results.append(_finish(exp, result) if status is Status.DONE else result)
+                    continue
+                slots = [None] * len(line_up)
+                slots[line_up.index(name)] = exp
+                outcome = run_together([GroupedEpoch(slots, graph=self.graph)])[0]
+            except Exception as e:
+                results.append(result_from_exception(name, e, start))
+                continue
+            if isinstance(outcome, Exception):
+                diverged = overflow_divergence(outcome, start + 1)
+                if diverged is None:
+                    results.append(result_from_exception(name, outcome, start))
+                    continue
+                exp.diverged(diverged)
+                outcome = {name: diverged}
+            results += _results([exp], outcome)
+        return results
 
 
 def _results(members, outcome) -> list[EpochResult]:
