@@ -169,7 +169,7 @@ class Comparison:
             return f"no test ({self.test})"
         if self.directional:
             n = str(self.n_a) if self.n_a == self.n_b else f"{self.n_a}, {self.n_b}"
-            return f"directional (n = {n}): {self.ahead} ahead"
+            return f"directional (n = {n}): " + ("level" if abs(self.difference) < 0.0005 else f"{self.ahead} ahead")
         if not self.distinguishable:
             return "not distinguishable"
         return f"{self.ahead} higher"

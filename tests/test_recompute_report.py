@@ -148,8 +148,9 @@ def test_every_corrected_comparison_recomputes_from_the_result_files(name):
                 (heading, a, b, ratio, low, high, odds)
             if min(len(study.acc[a]), len(study.acc[b])) < study.plan["min_seeds"]:
                 assert verdict.startswith("directional (n = "), (heading, a, b, verdict)
-                ahead = a if np.mean(study.acc[a]) >= np.mean(study.acc[b]) else b
-                assert verdict.endswith(f": {ahead} ahead"), (heading, a, b, verdict)
+                gap = np.mean(study.acc[a]) - np.mean(study.acc[b])
+                lead = "level" if abs(gap) < 0.0005 else f"{a if gap >= 0 else b} ahead"
+                assert verdict.endswith(f": {lead}"), (heading, a, b, verdict)
             else:
                 assert (verdict != "not distinguishable") == (holm[(a, b)] < study.plan["alpha"]), (heading, a, b)
 
