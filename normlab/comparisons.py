@@ -239,7 +239,8 @@ def comparison_lines(study_dir: Path, summary: dict, declared: list[dict] | None
                 lines.append(row)
             if len(shown) < len(family.comparisons):
                 lines += ["", f"The other {len(family.comparisons) - len(shown)} comparisons of this family are not "
-                          "distinguishable after the correction and are not listed."]
+                          f"listed: none has a corrected p below {plan['alpha']:g} (and below {plan['min_seeds']} seeds "
+                          "an arm a row would be directional in any case)."]
         if family.paired:
             lines += ["", f"| A | B | only A wrong | only B wrong | McNemar p | {_correction_head(plan)} | verdict |",
                       "|---|---|---:|---:|---:|---:|---|"]
