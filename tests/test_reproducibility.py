@@ -120,3 +120,19 @@ def record() -> None:
 
 if __name__ == "__main__" and "--record" in sys.argv:
     record()
+
+
+def test_extending_a_study_by_seeds_trains_only_the_new_seeds(tmp_path):
+    from normlab.runner import run_study
+    from normlab.studies import build_study
+
+    tiny = {"epochs": [1], "train_limit": [256], "test_limit": [128], "batch_size": [64]}
+    first = run_study(build_study("mission", seeds=[1], grid=tiny), tmp_path, quiet=True, notify=lambda *_: None)
+    before = {e["dir"]: (tmp_path / e["dir"] / "model.pt").read_bytes() for e in first.summary["experiments"]}
+    landed: list[str] = []
+    second = run_study(build_study("mission", seeds=[1, 2], grid=tiny), tmp_path, resume=True, quiet=True,
+                       notify=lambda *_: None, on_epoch=landed.append)
+    assert sorted(e["seed"] for e in second.summary["experiments"]) == [1, 1, 1, 2, 2, 2]
+    assert {d: (tmp_path / d / "model.pt").read_bytes() for d in before} == before  # seed 1 untouched
+    assert landed and all("seed2" in line for line in landed)  # only seed 2 trained
+    assert second.summary["analysis"]["declared"] == "before the data"  # the plan on record stays
