@@ -82,10 +82,13 @@ def _experiment_folder(path: Path) -> bool:
         return False
     if kind_of(path / CHECKPOINT) == "file":
         return True
+    # without a checkpoint, normlab has written only config.json there (a start that trained nothing)
+    if any(entry.name != CONFIG and not TEMP_NAME.fullmatch(entry.name) for entry in path.iterdir()):
+        return False
     config = read_json_file(path / CONFIG)
     try:
         return config.ok and ExperimentConfig.from_dict(config.value).dirname == path.name
-    except (NormlabError, TypeError):
+    except (NormlabError, TypeError, ValueError):
         return False
 
 
@@ -95,7 +98,10 @@ def check_study_folder(out: Path) -> None:
     kind = kind_of(out)
     if kind is None:
         return
-    if kind not in ("directory", "symbolic link") or not out.is_dir():
+    if kind == "symbolic link":
+        raise NormlabError(f"--out {out} is a symbolic link; normlab never writes through a link, so pass the "
+                           f"folder it points to ({os.path.realpath(out)}) or a new folder.")
+    if kind != "directory":
         raise NormlabError(f"--out {out} is a {kind}, not a folder; choose a new or empty folder.")
     if has_study_record(out):
         return

@@ -24,7 +24,12 @@ from .fileio import atomic_write_json, directory_lock
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
 from .results import CHECKPOINT, DAMAGED, MISCLASSIFIED, STUDY, SUMMARY, plain_name, read_json_file
 
-STUDY_FIELDS = ("study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
+# Written into study.json and summary.json: the mark of a record normlab wrote. A record without it (from
+# before normlab kept it) counts only when one of the experiment folders it names holds a checkpoint
+# normlab wrote (`checkpoint_folders`); a hand-made study.json makes no folder a study.
+MARK = {"format": 1}
+
+STUDY_FIELDS = ("normlab", "study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
                 "machines", "workers", "families", "analysis")
 
 
@@ -59,6 +64,7 @@ def _number(value) -> bool:
 def meta_problem(meta: dict) -> str | None:
     """Why a study record (study.json's content) cannot be used, or None when every field is sound."""
     checks = {
+        "normlab": lambda v: v == MARK,
         "study": lambda v: isinstance(v, str) and v != "",
         "description": lambda v: isinstance(v, str),
         "experiments": lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
@@ -86,7 +92,7 @@ def meta_problem(meta: dict) -> str | None:
 
 def _meta_from_summary(summary: dict) -> dict:
     """study.json's fields as a summary.json records them (for rebuilding a lost study.json)."""
-    meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "machines", "workers",
+    meta = {k: summary[k] for k in ("normlab", "study", "description", "wall_seconds", "machine", "machines", "workers",
                                     "families", "analysis") if k in summary}
     rounds = summary.get("seed_rounds")
     if isinstance(rounds, list) and all(isinstance(r, dict) and isinstance(r.get("seed"), int) for r in rounds):
@@ -106,7 +112,11 @@ def load_study_meta(study_dir: Path, notify: Callable[[str], None]) -> dict:
     study = read_json_file(study_dir / STUDY)
     summary = read_json_file(study_dir / SUMMARY)
     from_summary = _meta_from_summary(summary.value) if summary.ok else {}
+    if from_summary and not written_by_normlab(study_dir, from_summary):
+        from_summary = {}
     problem = study.problem or meta_problem(study.value)
+    if problem is None and not written_by_normlab(study_dir, study.value):
+        problem = "not a record normlab wrote"
     if problem is None:
         return {**from_summary, **study.value}  # an older study.json lacks fields its summary has
     if from_summary:
@@ -117,7 +127,19 @@ def load_study_meta(study_dir: Path, notify: Callable[[str], None]) -> dict:
     return from_summary
 
 
+def written_by_normlab(study_dir: Path, meta: dict) -> bool:
+    """Whether a sound study record (`meta_problem` is None) is one normlab wrote: it carries normlab's
+    mark, or (a record from before the mark) one experiment folder it names holds a checkpoint of
+    that experiment that normlab wrote, its format and checksums verified."""
+    if meta.get("normlab") == MARK:
+        return True
+    names = [ExperimentConfig.from_dict(c).dirname for c in meta.get("experiments") or []]
+    names += [d for d in meta.get("dirs") or [] if plain_name(d)]
+    return any(_holds_checkpoint(Path(study_dir) / name) for name in dict.fromkeys(names))
+
+
 def save_study_meta(study_dir: Path, meta: dict) -> None:
+    meta["normlab"] = dict(MARK)
     atomic_write_json(Path(study_dir) / STUDY, {k: meta[k] for k in STUDY_FIELDS if k in meta})
 
 
@@ -138,20 +160,21 @@ def checkpoint_folders(study_dir: Path) -> list[str]:
     """The sub-folders that hold a checkpoint normlab wrote (its format and checksums verified) of
     the experiment the folder is named after: the record left when study.json and summary.json are
     both lost. Links, special files and anything else are not experiment folders."""
+    return [p.name for p in sorted(Path(study_dir).iterdir()) if _holds_checkpoint(p)]
+
+
+def _holds_checkpoint(p: Path) -> bool:
+    """Whether folder `p` (not a link) holds a checkpoint normlab wrote of the experiment it is named after."""
     from .checkpoint import load_checkpoint
     from .fileio import kind_of
 
-    found = []
-    for p in sorted(Path(study_dir).iterdir()):
-        if not (plain_name(p.name) and kind_of(p) == "directory" and kind_of(p / CHECKPOINT) == "file"):
-            continue
-        try:
-            state = load_checkpoint(p / CHECKPOINT)
-            if ExperimentConfig.from_dict(state["experiment"]).dirname == p.name:
-                found.append(p.name)
-        except (NormlabError, KeyError, TypeError, ValueError):
-            continue
-    return found
+    if not (plain_name(p.name) and kind_of(p) == "directory" and kind_of(p / CHECKPOINT) == "file"):
+        return False
+    try:
+        state = load_checkpoint(p / CHECKPOINT)
+        return ExperimentConfig.from_dict(state["experiment"]).dirname == p.name
+    except (NormlabError, KeyError, TypeError, ValueError):
+        return False
 
 
 def has_study_record(study_dir: Path) -> bool:
@@ -218,6 +241,7 @@ def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | N
     entries = [experiment_entry(study_dir, s) for s in states]
     configs = [e for e in entries if "dataset" in e]
     summary = {
+        "normlab": dict(MARK),
         "study": meta.get("study", study_dir.name),
         "dataset": configs[0]["dataset"] if configs else None,
         "epochs": max((e["epochs"] for e in configs), default=0),
@@ -344,6 +368,11 @@ def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> 
     --resume` redoes its misclassified pass.
     """
     study_dir = Path(study_dir)
+    from .fileio import kind_of
+
+    if kind_of(study_dir) == "symbolic link":
+        raise NormlabError(f"{study_dir} is a symbolic link; normlab never writes through a link, so pass the "
+                           f"folder it points to ({os.path.realpath(study_dir)}).")
     if not study_dir.is_dir():
         raise NormlabError(f"{study_dir} is not a directory; pass the output directory of `normlab run`.")
     if not has_study_record(study_dir):  # checked before the lock: a folder normlab did not make stays as it is
