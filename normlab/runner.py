@@ -170,6 +170,9 @@ def check_run_arguments(*, workers, executor, grouped, graph, device) -> None:
             raise ArgumentError(f"{key}={value!r} must be one of: {', '.join(SWITCHES)}.")
     if not isinstance(device, str) or not device:
         raise ArgumentError(f"device={device!r} must be a device name such as 'cpu' or 'cuda'.")
+    from .checkpoint import check_device
+
+    check_device(device)
 
 
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
@@ -185,6 +188,10 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     """
     from .tensorboard import TensorBoardExport
 
+    if not isinstance(study, Study):
+        raise ArgumentError(f"study={study!r:.60} must be a Study, e.g. normlab.studies.build_study('mission').")
+    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise ArgumentError(f"out={out!r:.60} must be the path of a study folder.")
     check_run_arguments(workers=workers, executor=executor, grouped=grouped, graph=graph, device=device)
     out = Path(out)
     check_no_running_study_around(out)
