@@ -209,6 +209,13 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                     experiments=earlier + [cfg.to_dict() for cfg in study.experiments])
         if study.families:
             meta["families"] = study.families
+        elif meta.get("families"):  # an earlier grid's questions: kept while the experiments they name are
+            from .studies import families_problem
+
+            names = [ExperimentConfig.from_dict(c).name for c in meta["experiments"]]
+            if families_problem(meta["families"], STUDY, names):
+                notify(f"the {STUDY} families name experiments this study no longer holds; they are dropped.")
+                del meta["families"]
         if not isinstance(meta.get("analysis"), dict):  # declared once; a plan on record is never replaced
             before_data = not earlier and all(state.epoch == 0 for state in states.values())
             meta["analysis"] = declare_analysis(study.analysis, before_data)

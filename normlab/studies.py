@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import validate as validate_analysis
-from .config import NAME_PATTERN, SETTINGS, ExperimentConfig
+from .config import MAX_SEED, NAME_PATTERN, SETTINGS, ExperimentConfig
 from .errors import ArgumentError, ConfigError, NormlabError, first_line
 from .fileio import safe_read_bytes
 
@@ -300,6 +300,8 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
                               "{setting} must be a list of integers, e.g. [1, 2, 3].")
         if not seeds:
             raise ConfigError("seeds", seeds, "{setting} needs at least one seed.")
+        if not all(0 <= s <= MAX_SEED for s in seeds):
+            raise ConfigError("seeds", list(seeds), f"{{setting}} must be integers from 0 to {MAX_SEED}.")
         overrides["seed"] = list(seeds)
     seed_values = overrides.pop("seed", None)
     swept = [k for k, v in overrides.items() if len(v) > 1]  # the command line's own grid

@@ -443,3 +443,28 @@ def test_a_fifo_in_the_dataset_cache_is_one_sentence_before_any_download(tmp_pat
     err = capsys.readouterr().err
     _one_sentence(err)
     assert "t10k-labels-idx1-ubyte" in err and err.count("move it away") == 1
+
+
+def test_a_bad_seed_is_named_as_the_seeds_flag(capsys):
+    assert main(["run", "mission", *TINY, "--seeds", "-1", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    _one_sentence(err)
+    assert "--seeds -1" in err
+
+
+def test_families_of_an_earlier_grid_whose_experiments_are_gone_are_dropped_with_a_note(tmp_path, capsys):
+    f = tmp_path / "fam.toml"
+    f.write_text(FAMILY_FILE)
+    out = tmp_path / "o"
+    assert main(["run", str(f), *TINY, "--out", str(out)]) == 0
+    shutil.rmtree(out / "gn-g1-seed1")
+    (tmp_path / "later").mkdir()
+    later = tmp_path / "later" / "fam.toml"  # the same study, a later grid without the family
+    later.write_text('[[grid]]\nname = "gn-g{groups}"\nnorm = "gn"\ngroups = 4\n')
+    capsys.readouterr()
+    assert main(["run", str(later), *TINY, "--out", str(out), "--resume"]) == 0
+    assert "families name experiments this study no longer holds" in capsys.readouterr().err
+    record = json.loads((out / "study.json").read_text())
+    from normlab.summary import meta_problem
+
+    assert meta_problem(record) is None and "families" not in record
