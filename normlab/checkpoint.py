@@ -139,11 +139,31 @@ def load_checkpoint(path: Path | str) -> dict:
     return state
 
 
+def check_device(device) -> torch.device:
+    """`device` as a torch.device normlab can train or evaluate on here: the CPU, or a CUDA GPU this machine
+    has; anything else is a ValueError worded for Python, raised before a file is read or written."""
+    from .errors import ArgumentError
+
+    try:
+        dev = torch.device(device) if isinstance(device, (str, torch.device)) else None
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ArgumentError(f"device={device!r:.60} is not a device normlab runs on; use 'cpu' or 'cuda'.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"device={device!r} asks for CUDA, but no CUDA GPU is available here; use 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ArgumentError(f"device={device!r} names a GPU this machine lacks (it has "
+                            f"{torch.cuda.device_count()}); use 'cuda' or 'cuda:0'.")
+    return dev
+
+
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> Net:
     """The eval-mode Net saved at `path`.
 
     Input: float images in [0, 1] or uint8 images in [0, 255], shape (N, 1, 28, 28) or (N, 28, 28).
     """
+    check_device(device)
     state = load_checkpoint(path)
     try:
         model = Net.from_config(state["net_config"])

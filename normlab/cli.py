@@ -188,8 +188,10 @@ def _dry_run(study, args, out: Path, device: str) -> int:
     """Every check of a real run (config, data, directories, lock), then each experiment's state."""
     from .fileio import check_can_create, check_unlocked
     from .runner import cap_workers, choose_executor, plan_study
+    from .summary import check_no_running_study_around
 
     choose_executor(args.executor, args.grouped, device, 1, args.address, study.experiments, args.graph)
+    check_no_running_study_around(out)  # as a real run: a folder inside a study being written is refused
     check_can_create(out)
     check_unlocked(out)
     states = plan_study(study, out, args.resume)

@@ -8,12 +8,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .data import DATASETS
 from .errors import ConfigError
-from .network import INITS, NetConfig, check_network, check_norm, config_from_dict
+from .network import INITS, NetConfig, check_dropout, check_network, check_norm, config_from_dict
 
 MAX_SEED = 2**31 - 1  # every epoch's seed, seed * 1_000_003 + epoch, must fit torch's 64-bit seeds
 MAX_EPOCHS = 1_000_000  # with MAX_SEED, every epoch's seed stays far inside torch's 64-bit range
 FLOAT32_MAX = 3.4028234663852886e38  # training runs in float32: a larger number cannot reach a tensor
-MASK_RESOLUTION = 2.0**-24  # dropout masks compare float32 uniforms: a probability finer than this is lost
 MAX_LIMIT = 2**62  # train_limit / test_limit: above the dataset they limit nothing, but must index a tensor
 
 # Experiment names become directory names: no path separators, no hidden or option-like names.
@@ -88,7 +87,12 @@ class ExperimentConfig:
         for key in ("l1", "l2", "dropout", "lr", "momentum", "rotate", "translate", "scale_min", "scale_max",
                     "shear"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(key, value, "{setting} must be a finite number.")
+            if isinstance(value, int) and abs(value) > FLOAT32_MAX:  # too large for a float at all
+                raise ConfigError(key, value, f"{{setting}} does not fit the float32 numbers training uses; "
+                                  f"use at most {FLOAT32_MAX:.4g}.")
+            if not math.isfinite(value):
                 raise ConfigError(key, value, "{setting} must be a finite number.")
             if value < 0 or (key == "lr" and value == 0):
                 raise ConfigError(key, value, "{setting} must be " + ("positive." if key == "lr"
@@ -104,12 +108,7 @@ class ExperimentConfig:
                               "schedule swings it by 0.05 each way).")
         if self.seed > MAX_SEED:
             raise ConfigError("seed", self.seed, f"{{setting}} must be at most {MAX_SEED}.")
-        if self.dropout >= 1:
-            raise ConfigError("dropout", self.dropout, "{setting} must be below 1.")
-        if self.dropout > 1 - MASK_RESOLUTION or 0 < self.dropout < MASK_RESOLUTION:
-            raise ConfigError("dropout", self.dropout, f"{{setting}} is finer than a dropout mask can draw "
-                              f"(steps of {MASK_RESOLUTION:.3g}); use 0, or a probability from "
-                              f"{MASK_RESOLUTION:.3g} to {1 - MASK_RESOLUTION}.")
+        check_dropout(self.dropout)
         for key in ("augment", "dynamics"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, getattr(self, key), "{setting} must be true or false.")

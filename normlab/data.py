@@ -354,6 +354,28 @@ def _save(folder: Path, files: dict[str, bytes]) -> None:
                         "set NORMLAB_DATA to a writable folder.") from None
 
 
+def _check_cache_entries(folder: Path, names) -> None:
+    """Each cached file of a dataset is a regular file or absent: one sentence, one fix, for a FIFO,
+    socket, device or folder in a data file's place (never opened, so never waited on)."""
+    import stat
+
+    for path in (folder.parent, folder, *(folder / f for f in names)):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise DataError(f"cannot read the dataset cache entry {path} ({e.strerror}); move it away, then run "
+                            "again.") from None
+        want_dir = path in (folder.parent, folder)
+        if want_dir and not stat.S_ISDIR(mode):
+            raise DataError(f"the dataset cache entry {path} is not a folder; move it away, then run again.")
+        if not want_dir and not stat.S_ISREG(mode):
+            kind = "folder" if stat.S_ISDIR(mode) else "special file (a FIFO, socket or device)"
+            raise DataError(f"the dataset cache entry {path} is a {kind}, not a data file; move it away, then "
+                            "run again.")
+
+
 def fetch(name: str, root: Path | None = None) -> Path:
     """Make sure the verified IDX files of `name` are in the cache; return their folder.
 
@@ -363,6 +385,7 @@ def fetch(name: str, root: Path | None = None) -> Path:
     ds = spec(name)
     root = root or data_root()
     folder = root / ds.folder / "raw"
+    _check_cache_entries(folder, ds.md5)  # before any download: a FIFO there would fail the save after it
     tried = []
     for label, source in sources(name):
         # A download is announced before it starts (it can take minutes); the cache is

@@ -139,7 +139,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(safe_read_bytes(path).decode("utf-8"))
+    try:
+        return json.loads(safe_read_bytes(path).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON (nested too deeply to be a file normlab wrote)") from None
 
 
 def ensure_writable_dir(path: Path) -> Path:

@@ -42,6 +42,7 @@ from .network import (  # noqa: F401
     LAYERS,
     NORM_WIDTHS,
     NetConfig,
+    check_dropout,
     check_network,
     check_norm,
     config_from_dict,
@@ -156,8 +157,7 @@ class Net(nn.Module):
                  conv_bias: bool = False):
         super().__init__()
         norm = check_norm(norm, groups)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError("dropout", dropout, "{setting} must be a probability from 0 to below 1.")
+        check_dropout(dropout)
         check_network(last_norm, init, conv_bias)
         for key, value in (("mean", mean), ("std", std)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -201,8 +201,8 @@ class Net(nn.Module):
 
     @classmethod
     def from_config(cls, config: NetConfig | dict) -> Net:
-        if isinstance(config, dict):
-            config = NetConfig.from_dict(config)
+        if not isinstance(config, NetConfig):
+            config = NetConfig.from_dict(config)  # a dict of settings; anything else is a worded ValueError
         return cls(**config.to_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .errors import ConfigError
+from .errors import ArgumentError, ConfigError
 from .zoo import NORMS
 
 # The network, in order: ("block", in, out, kernel), ("conv", in, out, kernel), ("maxpool",), ("gap",).
@@ -26,14 +26,31 @@ NORM_WIDTHS = tuple(layer[2] for layer in LAYERS if layer[0] == "block")
 INITS = ("default", "he")  # PyTorch's own conv init, or He et al. 2015 (Kaiming normal, fan-in, ReLU gain)
 
 
+# normlab's dropout mask (normlab.model.dropout_mask) drops an element when 15 random bits fall below
+# round(p * 32768): a probability is drawn in steps of 1/32768, and only 1 to 32767 steps are dropout.
+MASK_STEPS = 32768
+
+
+def check_dropout(p) -> float:
+    """A dropout probability the mask can draw: 0, or from 1/32768 to 1 - 1/32768."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ConfigError("dropout", p, "{setting} must be a probability from 0 to below 1.")
+    if p != 0 and not 1 <= round(p * MASK_STEPS) <= MASK_STEPS - 1:
+        raise ConfigError("dropout", p, f"{{setting}} is finer than a dropout mask can draw (steps of 1/{MASK_STEPS}); "
+                          f"use 0, or a probability from {1 / MASK_STEPS:.6g} to {1 - 1 / MASK_STEPS:.6g}.")
+    return p
+
+
 def check_norm(norm: str, groups: int = 4) -> str:
     """Normalize and validate a norm name and group count, with a message that names the fix."""
-    name = str(norm).strip().lower()
+    if not isinstance(norm, str):
+        raise ConfigError("norm", norm, f"{{setting}} is not a norm name; choose one of: {', '.join(NORMS)}.")
+    name = norm.strip().lower()
     if name not in NORMS:
         raise ConfigError("norm", norm, f"{{setting}} is not a known norm; choose one of: {', '.join(NORMS)}.")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ConfigError("groups", groups, "{setting} must be a positive integer.")
     if NORMS[name].uses_groups:
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ConfigError("groups", groups, "{setting} must be a positive integer.")
         bad = sorted({w for w in NORM_WIDTHS if w % groups})
         if bad:
             ok = [g for g in range(1, 17) if all(w % g == 0 for w in NORM_WIDTHS)]
@@ -53,6 +70,8 @@ def check_network(last_norm: bool, init: str, conv_bias: bool) -> None:
 
 def config_from_dict(cls, d: dict, what: str):
     """Build dataclass `cls` from `d`; unknown keys fail loudly instead of being dropped."""
+    if not isinstance(d, dict):
+        raise ArgumentError(f"the {what} config must be a dict of settings, not {type(d).__name__} {d!r:.60}.")
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
     if unknown:

@@ -322,8 +322,11 @@ def _without_checkpoint(d: Path, wanted: dict | None, config_read: Read) -> Expe
                             f"{d / CHECKPOINT} is missing but {name} shows the experiment had trained; "
                             f"{_retrain_fix(d)}.")
     config = wanted or (config_read.value if config_read.ok else None)
-    repairs = [(f, "left from a start that trained nothing") for f in (METRICS, DYNAMICS, STATUS, MISCLASSIFIED)
-               if (d / f).exists()]
+    for name in (METRICS, DYNAMICS, STATUS, MISCLASSIFIED):  # normlab writes each only after model.pt
+        if kind_of(d / name) is not None:
+            return _damaged(d, config, f"{d / name} is there but {d / CHECKPOINT} is not, so normlab did not "
+                            f"write it (it writes {CHECKPOINT} first); move it away, then run again with --resume.")
+    repairs = []
     if (d / CONFIG).exists() and (not config_read.ok or _normalized(config_read.value, strict=False) != config):
         repairs.append((CONFIG, config_read.problem or "left from a start that trained nothing"))
     return ExperimentState(d, PENDING, config=config, repairs=repairs)

@@ -168,13 +168,18 @@ def final_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _m(machine: dict, key: str) -> str:
+    """One field of a machine record, as plain text in report.md (it is read from a file)."""
+    return markdown_text(machine.get(key, "?"), 200)
+
+
 def _other_machines(summary: dict) -> list[str]:
     """The machines that trained earlier parts of the study, when more than one did."""
     machines = summary.get("machines") or []
     if len(machines) < 2:
         return []
-    words = [f"{m.get('cpu', '?')}, device {m.get('device', '?')}" + (f" ({m['gpu']})" if m.get("gpu") else "")
-             for m in machines]
+    words = [f"{_m(m, 'cpu')}, device {_m(m, 'device')}" + (f" ({_m(m, 'gpu')})" if m.get("gpu") else "")
+             for m in machines if isinstance(m, dict)]
     return [f"- machines that trained it, oldest first: {'; '.join(words)}"]
 
 
@@ -332,10 +337,14 @@ def dynamics_lines(study_dir: Path, summary: dict) -> list[str]:
         if layer not in series:
             return None
         x, y = series[layer]
+        if len(y) == 0:  # nothing finite recorded for that layer (a run that diverged at once)
+            return None
         return float(y[-1] if end else y[0])
 
     def pair(series: dict, end: bool) -> str:
         layers = list(series)
+        if not layers:
+            return "–"
         first, last = at(series, layers[0], end), at(series, layers[-1], end)
         return f"{first:.3g} → {last:.3g} (×{last / first:.3g})" if first and last else "–"
 
@@ -394,7 +403,7 @@ def provenance_lines(summary: dict) -> list[str]:
 def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict,
                     exploratory: dict | None = None) -> str:
     ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
-    m = summary.get("machine", {})
+    m = summary.get("machine") if isinstance(summary.get("machine"), dict) else {}
     lines = [
         f"# normlab study `{summary['study']}` — {ds}",
         "",
@@ -402,8 +411,8 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict,
         "",
         f"- epochs: {summary['epochs']}; experiments: {len(summary['experiments'])}",
         *_limits_line(summary),
-        f"- machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, device {m.get('device', '?')}"
-        + (f" ({m['gpu']})" if m.get("gpu") else "") + f", torch {m.get('torch', '?')}",
+        f"- machine: {_m(m, 'cpu')}, {_m(m, 'cores')} cores, device {_m(m, 'device')}"
+        + (f" ({_m(m, 'gpu')})" if m.get("gpu") else "") + f", torch {_m(m, 'torch')}",
         *_other_machines(summary),
         *provenance_lines(summary),
         f"- study wall time: {wall_time_text(summary)}",

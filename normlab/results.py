@@ -90,6 +90,8 @@ def read_json_file(path: Path, kind: type = dict) -> Read:
         value = json.loads(text.value)
     except ValueError:
         return Read(problem="not valid JSON (truncated or corrupt)")
+    except RecursionError:  # '[' * 100000: deeper than any file normlab writes
+        return Read(problem="not valid JSON (nested too deeply to be a file normlab wrote)")
     if not isinstance(value, kind):
         return Read(problem=f"not a JSON {kind.__name__}")
     return Read(value)

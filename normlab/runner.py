@@ -82,10 +82,13 @@ def _experiment_folder(path: Path) -> bool:
         return False
     if kind_of(path / CHECKPOINT) == "file":
         return True
+    # without a checkpoint, normlab has written only config.json there (a start that trained nothing)
+    if any(entry.name != CONFIG and not TEMP_NAME.fullmatch(entry.name) for entry in path.iterdir()):
+        return False
     config = read_json_file(path / CONFIG)
     try:
         return config.ok and ExperimentConfig.from_dict(config.value).dirname == path.name
-    except (NormlabError, TypeError):
+    except (NormlabError, TypeError, ValueError):
         return False
 
 
@@ -95,7 +98,10 @@ def check_study_folder(out: Path) -> None:
     kind = kind_of(out)
     if kind is None:
         return
-    if kind not in ("directory", "symbolic link") or not out.is_dir():
+    if kind == "symbolic link":
+        raise NormlabError(f"--out {out} is a symbolic link; normlab never writes through a link, so pass the "
+                           f"folder it points to ({os.path.realpath(out)}) or a new folder.")
+    if kind != "directory":
         raise NormlabError(f"--out {out} is a {kind}, not a folder; choose a new or empty folder.")
     if has_study_record(out):
         return
@@ -164,6 +170,9 @@ def check_run_arguments(*, workers, executor, grouped, graph, device) -> None:
             raise ArgumentError(f"{key}={value!r} must be one of: {', '.join(SWITCHES)}.")
     if not isinstance(device, str) or not device:
         raise ArgumentError(f"device={device!r} must be a device name such as 'cpu' or 'cuda'.")
+    from .checkpoint import check_device
+
+    check_device(device)
 
 
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
@@ -179,6 +188,10 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     """
     from .tensorboard import TensorBoardExport
 
+    if not isinstance(study, Study):
+        raise ArgumentError(f"study={study!r:.60} must be a Study, e.g. normlab.studies.build_study('mission').")
+    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise ArgumentError(f"out={out!r:.60} must be the path of a study folder.")
     check_run_arguments(workers=workers, executor=executor, grouped=grouped, graph=graph, device=device)
     out = Path(out)
     check_no_running_study_around(out)
@@ -196,6 +209,13 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                     experiments=earlier + [cfg.to_dict() for cfg in study.experiments])
         if study.families:
             meta["families"] = study.families
+        elif meta.get("families"):  # an earlier grid's questions: kept while the experiments they name are
+            from .studies import families_problem
+
+            names = [ExperimentConfig.from_dict(c).name for c in meta["experiments"]]
+            if families_problem(meta["families"], STUDY, names):
+                notify(f"the {STUDY} families name experiments this study no longer holds; they are dropped.")
+                del meta["families"]
         if not isinstance(meta.get("analysis"), dict):  # declared once; a plan on record is never replaced
             before_data = not earlier and all(state.epoch == 0 for state in states.values())
             meta["analysis"] = declare_analysis(study.analysis, before_data)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import validate as validate_analysis
-from .config import NAME_PATTERN, SETTINGS, ExperimentConfig
+from .config import MAX_SEED, NAME_PATTERN, SETTINGS, ExperimentConfig
 from .errors import ArgumentError, ConfigError, NormlabError, first_line
 from .fileio import safe_read_bytes
 
@@ -91,7 +91,7 @@ def _as_list(value: Any) -> list:
 def _check_keys(where: str, table: dict, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise NormlabError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(allowed)}.")
+        raise ArgumentError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(allowed)}.")
 
 
 @dataclass
@@ -113,9 +113,12 @@ def read_study_file(study: str | Path) -> StudySpec:
     try:
         doc = tomllib.loads(safe_read_bytes(path, limit=MAX_STUDY_FILE).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise NormlabError(f"{path} is not valid TOML ({first_line(e, 120)}); fix the file.") from None
+        raise ArgumentError(f"{path} is not valid TOML ({first_line(e, 120)}); fix the file.") from None
+    except RecursionError:
+        raise ArgumentError(f"{path} is not valid TOML (its arrays or tables nest too deeply to read); fix "
+                            "the file.") from None
     except ValueError as e:
-        raise NormlabError(f"study file {first_line(e, 160)}; a study file is a page of settings.") from None
+        raise ArgumentError(f"study file {first_line(e, 160)}; a study file is a page of settings.") from None
     except OSError as e:
         raise NormlabError(f"cannot read study file {path} ({e.strerror or first_line(e, 120)}).") from None
     _check_keys(str(path), doc, ("description", "base", "grid", "family", "analysis"))
@@ -124,21 +127,21 @@ def read_study_file(study: str | Path) -> StudySpec:
     grids = doc.get("grid", [])
     if not isinstance(base, dict) or not isinstance(grids, list) or not grids \
             or not all(isinstance(g, dict) and g for g in grids):
-        raise NormlabError(f"{path} needs at least one non-empty [[grid]] table (and [base], if any, a table).")
+        raise ArgumentError(f"{path} needs at least one non-empty [[grid]] table (and [base], if any, a table).")
     _check_keys(f"{path} [base]", base, SETTINGS)
     if not isinstance(doc.get("description", ""), str):
-        raise NormlabError(f"{path}: description must be a string.")
+        raise ArgumentError(f"{path}: description must be a string.")
     if len(doc.get("description", "")) > MAX_TEXT:
-        raise NormlabError(f"{path}: description is {len(doc['description']):,} characters; keep it to {MAX_TEXT}.")
+        raise ArgumentError(f"{path}: description is {len(doc['description']):,} characters; keep it to {MAX_TEXT}.")
     for where, table in ((f"{path} [base]", base),
                          *((f"{path} [[grid]] number {i}", g) for i, g in enumerate(grids, start=1))):
         empty = [k for k, v in table.items() if v == []]
         if empty:
-            raise NormlabError(f"{where}: {empty[0]} = [] has no values; give at least one.")
+            raise ArgumentError(f"{where}: {empty[0]} = [] has no values; give at least one.")
     for i, grid in enumerate(grids, start=1):
         _check_keys(f"{path} [[grid]] number {i}", grid, ("name", *SETTINGS))
         if "name" in grid and not isinstance(grid["name"], str):
-            raise NormlabError(f"{path} [[grid]] number {i}: name must be a string template like \"gn-g{{groups}}\".")
+            raise ArgumentError(f"{path} [[grid]] number {i}: name must be a string template like \"gn-g{{groups}}\".")
         if "name" in grid:
             check_template(f"{path} [[grid]] number {i}", grid["name"])
     spec = StudySpec(name=path.stem, description=str(doc.get("description", "")), grids=grids, base=base,
@@ -157,28 +160,48 @@ def read_study_file(study: str | Path) -> StudySpec:
 FAMILY_KEYS = ("question", "differ_in", "among", "reference")
 
 
-def _read_families(path: Path, families) -> list[dict]:
-    """`[[family]]` tables: a question and which pairs answer it (normlab.comparisons)."""
+def families_problem(families, where: str, names: list[str] | None = None) -> str | None:
+    """Why `families` ([[family]] tables, or a study record's copy of them) cannot be used, or None;
+    with `names`, every experiment a family lists must be one of them. One sentence with its fix."""
     if not isinstance(families, list) or not all(isinstance(f, dict) for f in families):
-        raise NormlabError(f"{path}: family must be a list of [[family]] tables.")
+        return f"{where}: family must be a list of [[family]] tables."
     for i, family in enumerate(families, start=1):
-        where = f"{path} [[family]] number {i}"
-        _check_keys(where, family, FAMILY_KEYS)
+        at = f"{where} [[family]] number {i}"
+        unknown = sorted(set(family) - set(FAMILY_KEYS), key=str)
+        if unknown:
+            return f"{at} has unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(FAMILY_KEYS)}."
         if not isinstance(family.get("question"), str) or not family["question"].strip():
-            raise NormlabError(f"{where} needs a question, a sentence saying what the comparisons answer.")
+            return f"{at} needs a question, a sentence saying what the comparisons answer."
         if len(family["question"]) > MAX_TEXT:
-            raise NormlabError(f"{where}: its question is {len(family['question']):,} characters; keep it to "
-                               f"{MAX_TEXT}.")
+            return f"{at}: its question is {len(family['question']):,} characters; keep it to {MAX_TEXT}."
         if ("differ_in" in family) == ("among" in family):
-            raise NormlabError(f"{where} needs either differ_in = \"setting\" or among = [experiment names].")
-        if "differ_in" in family and family["differ_in"] not in SETTINGS:
-            raise NormlabError(f"{where}: differ_in = {family['differ_in']!r} is not a setting; known: "
-                               f"{', '.join(SETTINGS)}.")
+            return f"{at} needs either differ_in = \"setting\" or among = [experiment names]."
+        if "differ_in" in family and (not isinstance(family["differ_in"], str) or family["differ_in"] not in SETTINGS):
+            return f"{at}: differ_in = {shown(family['differ_in'])} is not a setting; known: {', '.join(SETTINGS)}."
         if "among" in family and (not isinstance(family["among"], list) or len(family["among"]) < 2
                                   or not all(isinstance(n, str) for n in family["among"])):
-            raise NormlabError(f"{where}: among must list two or more experiment names.")
+            return f"{at}: among must list two or more experiment names."
+        if "among" in family and len(set(family["among"])) != len(family["among"]):
+            return f"{at}: among lists an experiment twice; list each once."
         if "reference" in family and (not isinstance(family["reference"], str) or "among" not in family):
-            raise NormlabError(f"{where}: reference must be one experiment name, given with among.")
+            return f"{at}: reference must be one experiment name, given with among."
+        if "reference" in family and family["reference"] not in family["among"]:
+            return f"{at}: reference {shown(family['reference'])} is not among its experiments; name one of them."
+        if names is not None:
+            missing = [n for n in [*family.get("among", []), *([family["reference"]] if "reference" in family else [])]
+                       if n not in names]
+            if missing:
+                known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+                return (f"{at} names {shown(missing[0])}, which is not an experiment of this study (a setting given "
+                        f"several values on the command line adds to the names); use one of: {known}.")
+    return None
+
+
+def _read_families(path: Path | str, families) -> list[dict]:
+    """`[[family]]` tables: a question and which pairs answer it (normlab.comparisons)."""
+    problem = families_problem(families, str(path))
+    if problem:
+        raise ArgumentError(problem)
     return families
 
 
@@ -186,21 +209,21 @@ def check_template(where: str, template: str) -> None:
     """A name template short enough, and with no format width or precision longer than a name, checked
     before anything is formatted: "{norm:1500000000}" would otherwise build a 1.5 GB string."""
     if len(template) > MAX_TEMPLATE:
-        raise NormlabError(f"{where}: the name template is {len(template):,} characters; names are at most 200, "
+        raise ArgumentError(f"{where}: the name template is {len(template):,} characters; names are at most 200, "
                            f"so keep it to {MAX_TEMPLATE}.")
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise NormlabError(f"{where}: name template {shown(template)} is malformed ({first_line(e, 80)}); use "
+        raise ArgumentError(f"{where}: name template {shown(template)} is malformed ({first_line(e, 80)}); use "
                            "names of settings in braces, e.g. \"gn-g{groups}\".") from None
     for _, field_name, spec, _ in parts:
         if field_name is None:
             continue
         if "{" in (spec or ""):
-            raise NormlabError(f"{where}: name template {shown(template)} has a field inside a format spec; use "
+            raise ArgumentError(f"{where}: name template {shown(template)} has a field inside a format spec; use "
                                "plain names of settings in braces, e.g. \"gn-g{groups}\".")
         if any(int(n) > MAX_FIELD_WIDTH for n in re.findall(r"\d+", spec or "")):
-            raise NormlabError(f"{where}: name template {shown(template)} asks for a width or precision above "
+            raise ArgumentError(f"{where}: name template {shown(template)} asks for a width or precision above "
                                f"{MAX_FIELD_WIDTH}, longer than any name; use a smaller one.")
 
 
@@ -250,7 +273,16 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
     file, several multiply the study. From Python, the settings in which `base` differs from the
     defaults override the file the same way. Every experiment starts from a fresh init.
     """
+    if not isinstance(study, (str, Path, StudySpec)):
+        raise ArgumentError(f"study={study!r:.60} must be a preset name, the path of a .toml study file or a "
+                            "StudySpec.")
+    if base is not None and not isinstance(base, ExperimentConfig):
+        raise ArgumentError(f"base={base!r:.60} must be an ExperimentConfig (or None).")
+    if grid is not None and not isinstance(grid, dict):
+        raise ArgumentError(f"grid={grid!r:.60} must be a dict of settings to lists of values (or None).")
     spec = study if isinstance(study, StudySpec) else read_study_file(study)
+    if isinstance(study, StudySpec):
+        _check_spec(spec)
     defaults = ExperimentConfig().to_dict()
     overrides = {k: [v] for k, v in (base.to_dict() if base else {}).items()
                  if k in SETTINGS and v != defaults[k]}
@@ -268,13 +300,15 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
                               "{setting} must be a list of integers, e.g. [1, 2, 3].")
         if not seeds:
             raise ConfigError("seeds", seeds, "{setting} needs at least one seed.")
+        if not all(0 <= s <= MAX_SEED for s in seeds):
+            raise ConfigError("seeds", list(seeds), f"{{setting}} must be integers from 0 to {MAX_SEED}.")
         overrides["seed"] = list(seeds)
     seed_values = overrides.pop("seed", None)
     swept = [k for k, v in overrides.items() if len(v) > 1]  # the command line's own grid
     size = sum(_count(spec.base) * _count({k: v for k, v in t.items() if k != "name"}) for t in spec.grids) \
         * _count(overrides) * len(seed_values or [None])
     if size > MAX_EXPERIMENTS:
-        raise NormlabError(f"{spec.source}: the study would have {size:,} experiments, more than the "
+        raise ArgumentError(f"{spec.source}: the study would have {size:,} experiments, more than the "
                            f"{MAX_EXPERIMENTS:,} one study may hold; give fewer values, or split it into studies.")
 
     points: list[tuple[str | None, dict, list[str]]] = []
@@ -312,35 +346,46 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
                 if seen[key] == same:
                     continue  # the same experiment twice (an override collapsed a grid): run it once
                 differ = ", ".join(k for k in same if same[k] != seen[key][k])
-                raise NormlabError(f"{spec.source}: two different experiments would both be named "
+                raise ArgumentError(f"{spec.source}: two different experiments would both be named "
                                    f"{settings['name']!r} (they differ in {differ}, which the name does not "
                                    "show); use values that print differently, or a study file whose grid has a "
                                    "name template that includes it.")
             seen[key] = same
-            experiments.append(_experiment(spec, settings, overrides))
+            experiments.append(_experiment(spec, settings, {**overrides, **({"seed": seed_values} if seed_values
+                                                                             else {})}))
     hidden = sorted({k for table in spec.grids if "name" in table for k in table
                      if k in overrides and k != "name" and len(overrides[k]) == 1
                      and "{" + k not in table["name"]})
     warnings = [f"--{k.replace('_', '-')} overrides a setting that the study's grid sets and its experiment "
                 f"names do not show; the names (e.g. {experiments[0].name!r}) no longer describe it."
                 for k in hidden]
-    if not swept:  # with the command line's own grid, names gain suffixes: the file's names were checked
-        check_families(spec, experiments)
+    check_families(spec, experiments)  # after the command line's overrides: the names the study runs
     return Study(name=spec.name, experiments=experiments, description=spec.description, warnings=warnings,
                  families=spec.families, analysis=spec.analysis)
+
+
+def _check_spec(spec: StudySpec) -> None:
+    """A StudySpec made in Python, checked as read_study_file checks a file: a worded ValueError."""
+    for key, kind in (("name", str), ("description", str), ("source", str), ("grids", list), ("base", dict),
+                      ("families", list), ("analysis", dict)):
+        if not isinstance(getattr(spec, key), kind):
+            raise ArgumentError(f"StudySpec {key}={getattr(spec, key)!r:.60} must be a {kind.__name__}.")
+    if not spec.grids or not all(isinstance(g, dict) for g in spec.grids):
+        raise ArgumentError(f"StudySpec grids={spec.grids!r:.60} must be a list of one or more dicts of settings.")
+    _check_keys("StudySpec base", spec.base, SETTINGS)
+    for i, grid in enumerate(spec.grids, start=1):
+        _check_keys(f"StudySpec grid number {i}", grid, ("name", *SETTINGS))
+        if "name" in grid and not isinstance(grid["name"], str):
+            raise ArgumentError(f"StudySpec grid number {i}: name must be a string template like \"gn-g{{groups}}\".")
+    _read_families(spec.source, spec.families)
 
 
 def check_families(spec: StudySpec, experiments: list[ExperimentConfig]) -> None:
     """Every name a [[family]] lists (among, reference) is an experiment of the study: a family that
     names one it lacks is an error here, not a silently empty section of the report."""
-    names = list(dict.fromkeys(e.name for e in experiments))
-    for i, family in enumerate(spec.families, start=1):
-        listed = [*family.get("among", []), *([family["reference"]] if "reference" in family else [])]
-        missing = [n for n in listed if n not in names]
-        if missing:
-            known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-            raise NormlabError(f"{spec.source} [[family]] number {i} names {shown(missing[0])}, which is not an "
-                               f"experiment of this study; use one of: {known}.")
+    problem = families_problem(spec.families, spec.source, list(dict.fromkeys(e.name for e in experiments)))
+    if problem:
+        raise ArgumentError(problem)
 
 
 def _experiment(spec: StudySpec, settings: dict, overrides: dict) -> ExperimentConfig:
@@ -349,12 +394,12 @@ def _experiment(spec: StudySpec, settings: dict, overrides: dict) -> ExperimentC
         return ExperimentConfig.from_dict(settings)
     except ConfigError as e:
         if e.setting == "name":
-            raise NormlabError(f"{spec.source}: the experiment name {e.value!r}, made from the settings that "
+            raise ArgumentError(f"{spec.source}: the experiment name {e.value!r}, made from the settings that "
                                "vary, is not a safe name (up to 200 letters, digits, '.', '_' or '-'); vary fewer "
                                "settings at once, or use a study file with a name template.") from None
         if e.setting in overrides or e.setting == "seeds" or spec.source == "the command line":
             raise  # the command line's own value: the CLI names its flag
-        raise NormlabError(f"{spec.source}: {e}") from None
+        raise ArgumentError(f"{spec.source}: {e}") from None
 
 
 def _experiment_name(spec: StudySpec, template: str | None, settings: dict, swept: list[str],
@@ -366,11 +411,11 @@ def _experiment_name(spec: StudySpec, template: str | None, settings: dict, swep
     try:
         name = template.format(**settings)
     except Exception as e:  # any format error: unknown key, bad spec, attribute or item access
-        raise NormlabError(f"{spec.source}: name template {shown(template)} does not fit the settings "
+        raise ArgumentError(f"{spec.source}: name template {shown(template)} does not fit the settings "
                            f"({first_line(e, 80)}); use names of settings in braces, e.g. \"gn-g{{groups}}\".") from None
     name = "-".join([name, *(name_part(k, settings[k]) for k in swept)])
     if not NAME_PATTERN.fullmatch(name):
-        raise NormlabError(f"{spec.source}: name template {shown(template)} gives {shown(name)}, not a safe "
+        raise ArgumentError(f"{spec.source}: name template {shown(template)} gives {shown(name)}, not a safe "
                            "experiment name (up to 200 letters, digits, '.', '_' or '-', starting with a letter or "
                            "digit).")
     return name

@@ -24,7 +24,12 @@ from .fileio import atomic_write_json, directory_lock
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
 from .results import CHECKPOINT, DAMAGED, MISCLASSIFIED, STUDY, SUMMARY, plain_name, read_json_file
 
-STUDY_FIELDS = ("study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
+# Written into study.json and summary.json: the mark of a record normlab wrote. A record without it (from
+# before normlab kept it) counts only when one of the experiment folders it names holds a checkpoint
+# normlab wrote (`checkpoint_folders`); a hand-made study.json makes no folder a study.
+MARK = {"format": 1}
+
+STUDY_FIELDS = ("normlab", "study", "description", "experiments", "wall_seconds", "round_wall_seconds", "machine",
                 "machines", "workers", "families", "analysis")
 
 
@@ -52,13 +57,56 @@ def machines_of(meta: dict) -> list[dict]:
     return machines
 
 
+MAX_SECONDS = 1e9  # a wall time above this (31 years) is not one normlab measured
+MAX_WORKERS = 10**6
+MACHINE_TEXT = ("cpu", "torch", "device", "platform", "gpu")
+
+
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    """A wall time normlab could have measured: a finite number of seconds from 0 to MAX_SECONDS."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_SECONDS
+
+
+def machine_problem(m) -> bool:
+    """Whether a machine record is malformed: an object of short texts (cpu, torch, device, platform,
+    gpu) and a core count, as `machine_description` writes it."""
+    if not isinstance(m, dict):
+        return True
+    for key, value in m.items():
+        if key == "cores":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**6):
+                return True
+        elif key not in MACHINE_TEXT or not isinstance(value, str) or len(value) > 300:
+            return True
+    return False
+
+
+def _analysis_ok(plan) -> bool:
+    from .analysis import validate
+
+    try:
+        validate(plan, "the recorded analysis")
+    except (NormlabError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _families_ok(families, meta: dict) -> bool:
+    from .studies import families_problem
+
+    names = None
+    if isinstance(meta.get("experiments"), list):
+        try:
+            names = [ExperimentConfig.from_dict(c).name for c in meta["experiments"]]
+        except (NormlabError, TypeError, ValueError):
+            names = None
+    return families_problem(families, STUDY, names) is None
 
 
 def meta_problem(meta: dict) -> str | None:
     """Why a study record (study.json's content) cannot be used, or None when every field is sound."""
     checks = {
+        "normlab": lambda v: v == MARK,
         "study": lambda v: isinstance(v, str) and v != "",
         "description": lambda v: isinstance(v, str),
         "experiments": lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
@@ -66,10 +114,11 @@ def meta_problem(meta: dict) -> str | None:
         "wall_seconds": lambda v: v is None or _number(v),
         "round_wall_seconds": lambda v: isinstance(v, dict) and all(
             re.fullmatch(r"seed \d+", str(k)) and _number(x) for k, x in v.items()),
-        "machine": lambda v: isinstance(v, dict),
-        "machines": lambda v: isinstance(v, list) and all(isinstance(m, dict) for m in v),
-        "workers": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
-        "families": lambda v: isinstance(v, list) and all(isinstance(f, dict) for f in v),
+        "machine": lambda v: v == {} or not machine_problem(v),
+        "machines": lambda v: isinstance(v, list) and not any(machine_problem(m) for m in v),
+        "workers": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WORKERS),
+        "families": lambda v: _families_ok(v, meta),
+        "analysis": _analysis_ok,
     }
     if not isinstance(meta.get("study"), str):
         return "it names no study"
@@ -77,16 +126,19 @@ def meta_problem(meta: dict) -> str | None:
         if key in meta and not ok(meta[key]):
             return f"its {key} is malformed"
     try:
-        for config in meta.get("experiments", []):
-            ExperimentConfig.from_dict(config)
-    except NormlabError:
+        names = [ExperimentConfig.from_dict(config).dirname for config in meta.get("experiments", [])]
+    except (NormlabError, TypeError, ValueError):
         return "its experiments are not valid configs"
+    if len(set(names)) != len(names):
+        return "its experiments list one experiment twice"
+    if len(set(meta.get("dirs", []))) != len(meta.get("dirs", [])):
+        return "its dirs list one folder twice"
     return None
 
 
 def _meta_from_summary(summary: dict) -> dict:
     """study.json's fields as a summary.json records them (for rebuilding a lost study.json)."""
-    meta = {k: summary[k] for k in ("study", "description", "wall_seconds", "machine", "machines", "workers",
+    meta = {k: summary[k] for k in ("normlab", "study", "description", "wall_seconds", "machine", "machines", "workers",
                                     "families", "analysis") if k in summary}
     rounds = summary.get("seed_rounds")
     if isinstance(rounds, list) and all(isinstance(r, dict) and isinstance(r.get("seed"), int) for r in rounds):
@@ -106,7 +158,11 @@ def load_study_meta(study_dir: Path, notify: Callable[[str], None]) -> dict:
     study = read_json_file(study_dir / STUDY)
     summary = read_json_file(study_dir / SUMMARY)
     from_summary = _meta_from_summary(summary.value) if summary.ok else {}
+    if from_summary and not written_by_normlab(study_dir, from_summary):
+        from_summary = {}
     problem = study.problem or meta_problem(study.value)
+    if problem is None and not written_by_normlab(study_dir, study.value):
+        problem = "not a record normlab wrote"
     if problem is None:
         return {**from_summary, **study.value}  # an older study.json lacks fields its summary has
     if from_summary:
@@ -117,7 +173,19 @@ def load_study_meta(study_dir: Path, notify: Callable[[str], None]) -> dict:
     return from_summary
 
 
+def written_by_normlab(study_dir: Path, meta: dict) -> bool:
+    """Whether a sound study record (`meta_problem` is None) is one normlab wrote: it carries normlab's
+    mark, or (a record from before the mark) one experiment folder it names holds a checkpoint of
+    that experiment that normlab wrote, its format and checksums verified."""
+    if meta.get("normlab") == MARK:
+        return True
+    names = [ExperimentConfig.from_dict(c).dirname for c in meta.get("experiments") or []]
+    names += [d for d in meta.get("dirs") or [] if plain_name(d)]
+    return any(_holds_checkpoint(Path(study_dir) / name) for name in dict.fromkeys(names))
+
+
 def save_study_meta(study_dir: Path, meta: dict) -> None:
+    meta["normlab"] = dict(MARK)
     atomic_write_json(Path(study_dir) / STUDY, {k: meta[k] for k in STUDY_FIELDS if k in meta})
 
 
@@ -138,20 +206,21 @@ def checkpoint_folders(study_dir: Path) -> list[str]:
     """The sub-folders that hold a checkpoint normlab wrote (its format and checksums verified) of
     the experiment the folder is named after: the record left when study.json and summary.json are
     both lost. Links, special files and anything else are not experiment folders."""
+    return [p.name for p in sorted(Path(study_dir).iterdir()) if _holds_checkpoint(p)]
+
+
+def _holds_checkpoint(p: Path) -> bool:
+    """Whether folder `p` (not a link) holds a checkpoint normlab wrote of the experiment it is named after."""
     from .checkpoint import load_checkpoint
     from .fileio import kind_of
 
-    found = []
-    for p in sorted(Path(study_dir).iterdir()):
-        if not (plain_name(p.name) and kind_of(p) == "directory" and kind_of(p / CHECKPOINT) == "file"):
-            continue
-        try:
-            state = load_checkpoint(p / CHECKPOINT)
-            if ExperimentConfig.from_dict(state["experiment"]).dirname == p.name:
-                found.append(p.name)
-        except (NormlabError, KeyError, TypeError, ValueError):
-            continue
-    return found
+    if not (plain_name(p.name) and kind_of(p) == "directory" and kind_of(p / CHECKPOINT) == "file"):
+        return False
+    try:
+        state = load_checkpoint(p / CHECKPOINT)
+        return ExperimentConfig.from_dict(state["experiment"]).dirname == p.name
+    except (NormlabError, KeyError, TypeError, ValueError):
+        return False
 
 
 def has_study_record(study_dir: Path) -> bool:
@@ -174,6 +243,12 @@ def conv_weight_l1(state: ExperimentState) -> float | None:
     return weights_l1(state.checkpoint["model"])
 
 
+def _name_and_seed(dirname: str) -> dict:
+    """The name and seed an experiment folder's name gives (`bn-seed1`), for an entry without a config."""
+    match = re.fullmatch(r"(.+)-seed(\d{1,10})", dirname)
+    return {"name": match[1], "seed": int(match[2])} if match else {"name": dirname, "seed": None}
+
+
 def experiment_entry(study_dir: Path, state: ExperimentState) -> dict:
     """One summary.json entry: the experiment's whole config, then its results."""
     rows = state.history
@@ -181,7 +256,7 @@ def experiment_entry(study_dir: Path, state: ExperimentState) -> dict:
     last = rows[-1] if rows else None
     ckpt = state.checkpoint or {}
     entry = {
-        **(state.config or {"name": state.dir.name}),
+        **(state.config or _name_and_seed(state.dir.name)),
         "params": ckpt.get("params"),
         "epochs_run": len(rows),
         "final_test_accuracy": last["test_accuracy"] if last else None,
@@ -218,6 +293,7 @@ def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | N
     entries = [experiment_entry(study_dir, s) for s in states]
     configs = [e for e in entries if "dataset" in e]
     summary = {
+        "normlab": dict(MARK),
         "study": meta.get("study", study_dir.name),
         "dataset": configs[0]["dataset"] if configs else None,
         "epochs": max((e["epochs"] for e in configs), default=0),
@@ -240,6 +316,11 @@ def write_summary(study_dir: Path, meta: dict, states: list[ExperimentState] | N
 
 
 STATUSES = ("pending", "running", "done", "diverged", "damaged")
+ENTRY_SETTINGS = ("norm", "seed", "lr", "epochs", "dataset")  # what a report groups and labels entries by
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite(value, low: float, high: float) -> bool:
@@ -256,16 +337,28 @@ def entry_problem(e) -> str | None:
         return f"entry {e['dir']} has no name"
     if e.get("status") not in STATUSES:
         return f"entry {e['dir']} has an unknown status"
-    if e["status"] in ("done",):
+    if "seed" not in e or not (e["seed"] is None or (_int(e["seed"]) and e["seed"] >= 0)):
+        return f"entry {e['dir']} has no seed"
+    if e["status"] in ("running", "done", "diverged"):  # each has a checkpoint, and so its whole config
+        missing = [k for k in ENTRY_SETTINGS if k not in e]
+        if missing:
+            return f"entry {e['dir']} has no {missing[0]}"
         try:
             ExperimentConfig.from_dict({k: e[k] for k in ("name", *SETTINGS) if k in e})
-        except (NormlabError, TypeError):
+        except (NormlabError, TypeError, ValueError):
             return f"entry {e['dir']}'s settings are not a valid config"
+    if not (e.get("epochs_run") is None or (_int(e["epochs_run"]) and e["epochs_run"] >= 0)):
+        return f"entry {e['dir']}'s epochs_run is not a count"
+    if not (e.get("params") is None or (_int(e["params"]) and e["params"] > 0)):
+        return f"entry {e['dir']}'s params is not a count"
+    if e.get("final_val_accuracy") is not None and not _finite(e["final_val_accuracy"], 0, 100):
+        return f"entry {e['dir']}'s final_val_accuracy is not a percentage"
+    if e["status"] in ("done",):
         for key in ("final_test_accuracy", "best_test_accuracy"):
             if not _finite(e.get(key), 0, 100):
                 return f"entry {e['dir']}'s {key} is not a percentage"
-        for key in ("final_test_loss", "train_seconds"):
-            if not _finite(e.get(key), 0, float("inf")):
+        for key, high in (("final_test_loss", float("inf")), ("train_seconds", MAX_SECONDS)):
+            if not _finite(e.get(key), 0, high):
                 return f"entry {e['dir']}'s {key} is not a non-negative number"
     if e.get("message") is not None and not isinstance(e["message"], str):
         return f"entry {e['dir']}'s message is not text"
@@ -281,6 +374,21 @@ def summary_problem(summary) -> str | None:
     if summary.get("families") is not None and not (isinstance(summary["families"], list) and all(
             isinstance(f, dict) for f in summary["families"])):
         return "damaged (its families are malformed)"
+    if summary.get("wall_seconds") is not None and not _number(summary["wall_seconds"]):
+        return "damaged (its wall_seconds is not a number of seconds)"
+    rounds = summary.get("seed_rounds")
+    if rounds is not None and not (isinstance(rounds, list) and all(
+            isinstance(r, dict) and _int(r.get("seed")) and _number(r.get("wall_seconds")) for r in rounds)):
+        return "damaged (its seed_rounds are malformed)"
+    if summary.get("workers") is not None and not (_int(summary["workers"]) and 0 < summary["workers"] <= MAX_WORKERS):
+        return "damaged (its workers is not a worker count)"
+    if summary.get("machine") not in (None, {}) and machine_problem(summary["machine"]):
+        return "damaged (its machine is malformed)"
+    if summary.get("machines") is not None and (not isinstance(summary["machines"], list)
+                                                or any(machine_problem(m) for m in summary["machines"])):
+        return "damaged (its machines are malformed)"
+    if summary.get("analysis") is not None and not _analysis_ok(summary["analysis"]):
+        return "damaged (its analysis is malformed)"
     seen = set()
     for e in summary["experiments"]:
         problem = entry_problem(e)
@@ -289,6 +397,15 @@ def summary_problem(summary) -> str | None:
         if e["dir"] in seen:
             return f"damaged (entry {e['dir']} is listed twice)"
         seen.add(e["dir"])
+    runs = [(e["name"], e["seed"]) for e in summary["experiments"] if "seed" in e]
+    if len(set(runs)) != len(runs):
+        return "damaged (one experiment and seed is listed twice)"
+    if summary.get("families") is not None:
+        from .studies import families_problem
+
+        problem = families_problem(summary["families"], SUMMARY, [e["name"] for e in summary["experiments"]])
+        if problem:
+            return "damaged (its families are malformed)"
     return None
 
 
@@ -335,6 +452,16 @@ def check_no_running_study_around(path: Path, depth: int = 3, limit: int = 10_00
             return
 
 
+def resume_command(meta: dict, study_dir: Path) -> str:
+    """The command that continues a study: exact for a preset, else the one that made it, with --resume."""
+    from .studies import presets
+
+    name = meta.get("study")
+    if isinstance(name, str) and name in presets():
+        return f"`normlab run {name} --out {study_dir} --resume` (with any settings it was first run with)"
+    return f"the command that made {study_dir}, run again with --resume,"
+
+
 def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> dict:
     """summary.json rebuilt from study.json and the experiment directories, after their repairs.
 
@@ -344,6 +471,11 @@ def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> 
     --resume` redoes its misclassified pass.
     """
     study_dir = Path(study_dir)
+    from .fileio import kind_of
+
+    if kind_of(study_dir) == "symbolic link":
+        raise NormlabError(f"{study_dir} is a symbolic link; normlab never writes through a link, so pass the "
+                           f"folder it points to ({os.path.realpath(study_dir)}).")
     if not study_dir.is_dir():
         raise NormlabError(f"{study_dir} is not a directory; pass the output directory of `normlab run`.")
     if not has_study_record(study_dir):  # checked before the lock: a folder normlab did not make stays as it is
@@ -359,8 +491,8 @@ def refresh_summary(study_dir: Path, notify: Callable[[str], None] = notice) -> 
             state = inspect_experiment(study_dir / name, wanted)
             repair_views(state, notify)
             if state.kind == FINISHING:
-                notify(f"{name}: every epoch is on disk but {MISCLASSIFIED} is not; run the study again with "
-                       "--resume to redo its misclassified pass.")
+                notify(f"{name}: every epoch is on disk but {MISCLASSIFIED} is not (missing or damaged); "
+                       f"{resume_command(meta, study_dir)} redoes its misclassified pass.")
             states.append(state)
         if meta and not isinstance(meta.get("analysis"), dict):  # fixed now, and said to be after the data
             meta["analysis"] = declare_analysis(None, before_data=not any(s.epoch for s in states))

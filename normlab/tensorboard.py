@@ -34,12 +34,23 @@ def _summary_writer():
     return SummaryWriter
 
 
+def _refuse_link(path: Path) -> None:
+    """A TensorBoard folder must be a folder (or absent): never a link leading writes outside the study."""
+    from .fileio import kind_of
+
+    kind = kind_of(path)
+    if kind not in (None, "directory"):
+        raise NormlabError(f"{path} is a {kind}, not a folder normlab made; move it away (normlab never writes "
+                           "through a link), then run again with --tensorboard.")
+
+
 class TensorBoardExport:
     """One SummaryWriter per experiment of a study directory, fed epoch by epoch."""
 
     def __init__(self, study_dir: Path):
         self.root = Path(study_dir) / DIRNAME
         self._writer_class = _summary_writer()  # fail before training, not after the first epoch
+        _refuse_link(self.root)
         self.writers: dict = {}
         self.failed = False
 
@@ -74,6 +85,8 @@ class TensorBoardExport:
         steps = max(1, int(state["scheduler"].get("total_steps", 0)) // max(1, state["experiment"]["epochs"]))
         first = name not in self.writers
         if first:
+            _refuse_link(self.root)
+            _refuse_link(self.root / name)
             self.writers[name] = self._writer_class(log_dir=str(self.root / name), purge_step=1)
         writer = self.writers[name]
         epochs = range(1, epoch + 1) if first else [epoch]
