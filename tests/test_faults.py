@@ -23,7 +23,7 @@ from normlab.cli import main
 from normlab.results import read_metrics
 from normlab.train import Experiment
 
-ARGS = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32", "--quiet"]
+ARGS = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32", "--seeds", "1", "--quiet"]
 EXPERIMENTS = ("bn-l1-seed1", "gn-seed1", "ln-seed1")
 DAMAGED_EXP = "bn-l1-seed1"
 EXPERIMENT_FILES = ("config.json", "metrics.csv", "dynamics.csv", "model.pt", "status.json", "misclassified.json")
