@@ -359,9 +359,20 @@ def build_study(study: str | Path | StudySpec, base: ExperimentConfig | None = N
     warnings = [f"--{k.replace('_', '-')} overrides a setting that the study's grid sets and its experiment "
                 f"names do not show; the names (e.g. {experiments[0].name!r}) no longer describe it."
                 for k in hidden]
-    check_families(spec, experiments)  # after the command line's overrides: the names the study runs
+    families = spec.families
+    renamed = [k for k, values in overrides.items() if k != "seed" and len(values) > 1]
+    if renamed and spec.families and families_problem(spec.families, spec.source,
+                                                      list(dict.fromkeys(e.name for e in experiments))):
+        # a sweep from the command line renamed the experiments the study file's families name: the
+        # report falls back to its default families, and says why, rather than failing the sweep
+        families = []
+        warnings.append(f"--{renamed[0].replace('_', '-')} with several values renames the experiments that "
+                        f"{spec.source}'s [[family]] tables name; the report compares them by its default "
+                        "families instead.")
+    else:
+        check_families(spec, experiments)  # after the command line's overrides: the names the study runs
     return Study(name=spec.name, experiments=experiments, description=spec.description, warnings=warnings,
-                 families=spec.families, analysis=spec.analysis)
+                 families=families, analysis=spec.analysis)
 
 
 def _check_spec(spec: StudySpec) -> None:

@@ -37,7 +37,7 @@ def test_a_preset_runs_by_its_path_exactly_as_by_its_name(tmp_path, capsys):
     by_path = build_study(str(PRESET_DIR / "mission.toml"))
     assert [e.to_dict() for e in by_name.experiments] == [e.to_dict() for e in by_path.experiments]
     assert main(["run", str(PRESET_DIR / "mission.toml"), "--dry-run", "--out", str(tmp_path / "m")]) == 0
-    assert "study mission: 3 experiments" in capsys.readouterr().out
+    assert "study mission: 9 experiments" in capsys.readouterr().out  # 3 models x its 3 seeds
 
 
 def test_a_user_study_file_is_the_union_of_its_grids(tmp_path):
@@ -92,7 +92,7 @@ def test_a_study_file_that_is_not_text_or_not_a_file_is_one_clear_error(tmp_path
 
 def test_values_that_name_the_same_experiment_run_once():
     assert [e.name for e in grid_study({"norm": ["BN", "bn"]}).experiments] == ["bn"]
-    assert len(build_study("mission", grid={"lr": 0.01}).experiments) == 3  # a scalar is one value
+    assert len(build_study("mission", grid={"lr": 0.01}).experiments) == 9  # a scalar is one value (3 seeds)
 
 
 def test_every_setting_of_the_config_is_a_flag_that_takes_several_values():
@@ -121,7 +121,7 @@ def test_the_command_line_grid_is_the_cartesian_product(tmp_path, capsys):
 
 def test_a_setting_with_several_values_multiplies_a_preset(tmp_path, capsys):
     study = build_study("mission", grid={"dropout": [0.0, 0.1], "epochs": [2]})
-    assert [e.name for e in study.experiments] == [
+    assert [e.name for e in study.experiments if e.seed == 1] == [
         "bn-l1-dropout0", "bn-l1-dropout0.1", "gn-dropout0", "gn-dropout0.1", "ln-dropout0", "ln-dropout0.1"]
     assert {e.epochs for e in study.experiments} == {2}
 
