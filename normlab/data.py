@@ -364,6 +364,9 @@ def _check_cache_entries(folder: Path, names) -> None:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
             continue
+        except NotADirectoryError as e:  # a file where the cache's folder should be
+            raise DataError(f"cannot write the dataset cache {folder} ({e.strerror}); set NORMLAB_DATA to a "
+                            "writable folder.") from None
         except OSError as e:
             raise DataError(f"cannot read the dataset cache entry {path} ({e.strerror}); move it away, then run "
                             "again.") from None

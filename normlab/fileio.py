@@ -34,6 +34,8 @@ def kind_of(path: Path) -> str | None:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return None
+    except NotADirectoryError:  # a file where a folder on its path should be: nothing can be here
+        return None
     except OSError:
         return "special file"
     if stat.S_ISLNK(mode):

@@ -83,7 +83,7 @@ def test_dry_run_lists_the_grid_without_training(tmp_path, capsys):
     (["run", "--workers", "0"], "--workers must be a positive integer"),
     (["train", "--norm", "bn", "--lr", "inf"], "--lr inf must be a finite number"),
     (["train", "--norm", "bn", "--l2", "nan"], "--l2 nan must be a finite number"),
-    (["train", "--norm", "bn", "--dropout", "1"], "--dropout 1.0 must be below 1"),
+    (["train", "--norm", "bn", "--dropout", "1"], "--dropout 1.0 must be a probability from 0 to below 1"),
     (["train", "--norm", "bn", "--name", "../x"], "--name ../x is not a safe experiment name"),
     (["train", "--norm", "bn", "--name", "a/b"], "--name a/b is not a safe experiment name"),
     (["train", "--norm", "bn", "--batch-size", "1"], "--batch-size 1 leaves batches of one image"),
