@@ -29,3 +29,31 @@ def tiny_cfg() -> ExperimentConfig:
 def science(rows: list[dict]) -> list[list]:
     """Every metric but wall time: what must match between two runs of the same experiment."""
     return [[r[k] for k in METRIC_COLUMNS if k != "seconds"] for r in rows]
+
+
+RELIABILITY_TINY = ["--epochs", "1", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32", "--quiet"]
+
+
+def snapshot(root) -> dict:
+    """Every path under `root` with its bytes (None for a folder or a link): what must not change."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A finished one-epoch study of two experiments (bn, ln), trained once per test module."""
+    from normlab.cli import main
+
+    out = tmp_path_factory.mktemp("study") / "s"
+    assert main(["run", "--norm", "bn", "ln", *RELIABILITY_TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(study, tmp_path):
+    """A copy of `study` (links kept as links) for a test to damage."""
+    import shutil
+
+    shutil.copytree(study, tmp_path / "s", symlinks=True)
+    return tmp_path / "s"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RELIABILITY_TINY, snapshot
 
 from normlab import data
 from normlab.cli import main
@@ -22,28 +23,11 @@ from normlab.errors import NormlabError
 from normlab.fileio import atomic_write_json, directory_lock, safe_read_bytes
 from normlab.studies import build_study
 
-TINY = ["--epochs", "1", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32", "--quiet"]
+TINY = RELIABILITY_TINY
 
 
-def _snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
-            for p in sorted(root.rglob("*"))}
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """A finished one-epoch study of two experiments, trained once for the module."""
-    out = tmp_path_factory.mktemp("iv") / "s"
-    assert main(["run", "--norm", "bn", "ln", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def copy(study, tmp_path) -> Path:
-    import shutil
-
-    shutil.copytree(study, tmp_path / "s", symlinks=True)
-    return tmp_path / "s"
 
 
 # --- 1. normlab changes only what it made, inside its study folder ---
@@ -57,12 +41,12 @@ def test_a_folder_that_only_looks_like_a_study_is_refused_and_left_as_it_is(tmp_
     (fake / "sub" / "status.json").write_text("{}")
     (fake / "bn-seed1").mkdir()
     (fake / "bn-seed1" / "metrics.csv").write_text("mine\n")
-    before = _snapshot(fake)
+    before = snapshot(fake)
     argv = ["report", str(fake)] if command == "report" else ["run", "--norm", "bn", *TINY, "--out", str(fake)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "normlab did not make" in err or "not a normlab" in err
-    assert _snapshot(fake) == before and not (fake / ".lock").exists()
+    assert snapshot(fake) == before and not (fake / ".lock").exists()
 
 
 @pytest.mark.parametrize("dirs", [["../outside"], ["/etc"], ["a/b"], [".."]])
@@ -73,10 +57,10 @@ def test_a_folder_named_in_a_result_file_must_be_a_plain_name_inside_the_study(t
     study = tmp_path / "s"
     study.mkdir()
     atomic_write_json(study / "summary.json", {"study": "x", "experiments": [{"dir": d} for d in dirs]})
-    before = _snapshot(tmp_path / "outside")
+    before = snapshot(tmp_path / "outside")
     assert main(["report", str(study)]) == 2
     assert "Traceback" not in capsys.readouterr().err
-    assert _snapshot(tmp_path / "outside") == before
+    assert snapshot(tmp_path / "outside") == before
 
 
 def test_a_summary_entry_whose_dir_leaves_the_study_is_damaged_with_the_command_that_rebuilds_it(copy, capsys):
@@ -109,10 +93,10 @@ def test_an_experiment_folder_that_is_a_link_is_refused(copy, tmp_path, capsys):
     elsewhere = tmp_path / "elsewhere"
     shutil.move(copy / "ln-seed1", elsewhere)
     (copy / "ln-seed1").symlink_to(elsewhere, target_is_directory=True)
-    before = _snapshot(elsewhere)
+    before = snapshot(elsewhere)
     assert main(["run", "--norm", "bn", "ln", *TINY, "--out", str(copy), "--resume"]) == 2
     assert "symbolic link" in capsys.readouterr().err
-    assert _snapshot(elsewhere) == before
+    assert snapshot(elsewhere) == before
 
 
 def test_a_fifo_named_metrics_csv_never_hangs(copy, capsys):

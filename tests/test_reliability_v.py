@@ -8,34 +8,20 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import RELIABILITY_TINY, snapshot
 
 from normlab.cli import main
 from normlab.fileio import directory_lock
 
-TINY = ["--epochs", "1", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32", "--quiet"]
+TINY = RELIABILITY_TINY
 
 
-def _snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
-            for p in sorted(root.rglob("*"))}
 
 
 def _one_sentence(err: str) -> None:
     assert "Traceback" not in err and err.strip().count("\n") == 0 and err.startswith("normlab: error: "), err
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """A finished one-epoch study of two experiments, trained once for the module."""
-    out = tmp_path_factory.mktemp("v") / "s"
-    assert main(["run", "--norm", "bn", "ln", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def copy(study, tmp_path) -> Path:
-    shutil.copytree(study, tmp_path / "s", symlinks=True)
-    return tmp_path / "s"
 
 
 # --- 1, 9. a hand-made record or experiment folder makes nothing normlab's ---
@@ -51,13 +37,13 @@ def test_a_hand_made_study_record_makes_no_folder_a_study(tmp_path, capsys, reco
     (folder / "test_accuracy.png").write_text("x\n")
     (folder / "foo" / "metrics.csv").write_text("my,data\n")
     (folder / "foo" / "status.json").write_text("{}")
-    before = _snapshot(folder)
+    before = snapshot(folder)
     argv = {"train": ["train", "--norm", "bn", *TINY, "--out", str(folder)],
             "dry-run": ["train", "--norm", "bn", *TINY, "--out", str(folder), "--dry-run"],
             "report": ["report", str(folder)]}[command]
     assert main(argv) == 2
     _one_sentence(capsys.readouterr().err)
-    assert _snapshot(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_a_hand_made_summary_record_makes_no_folder_a_study(tmp_path, capsys):
@@ -66,10 +52,10 @@ def test_a_hand_made_summary_record_makes_no_folder_a_study(tmp_path, capsys):
     (folder / "summary.json").write_text(json.dumps({"study": "x", "experiments": [{"dir": "foo", "name": "foo",
                                                                                      "status": "pending"}]}))
     (folder / "foo" / "metrics.csv").write_text("my,data\n")
-    before = _snapshot(folder)
+    before = snapshot(folder)
     assert main(["report", str(folder)]) == 2
     _one_sentence(capsys.readouterr().err)
-    assert _snapshot(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_a_hand_made_experiment_folder_with_a_matching_config_is_not_overwritten(study, tmp_path, capsys):
@@ -78,10 +64,10 @@ def test_a_hand_made_experiment_folder_with_a_matching_config_is_not_overwritten
     shutil.copy(study / "bn-seed1" / "config.json", folder / "bn-seed1" / "config.json")
     (folder / "bn-seed1" / "metrics.csv").write_text("user data\n")
     (folder / "bn-seed1" / "status.json").write_text("{}")
-    before = _snapshot(folder)
+    before = snapshot(folder)
     assert main(["run", "--norm", "bn", *TINY, "--out", str(folder)]) == 2
     _one_sentence(capsys.readouterr().err)
-    assert _snapshot(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_inside_a_study_a_view_without_its_checkpoint_is_refused_not_removed(copy, capsys):
@@ -138,14 +124,14 @@ def test_tensorboard_never_writes_through_an_experiments_link(copy, tmp_path, ca
 def test_an_out_that_is_a_symbolic_link_is_refused(copy, tmp_path, capsys, command):
     link = tmp_path / "link"
     link.symlink_to(copy, target_is_directory=True)
-    before = _snapshot(copy)
+    before = snapshot(copy)
     argv = {"run": ["run", "--norm", "bn", "ln", *TINY, "--out", str(link), "--resume"],
             "dry-run": ["run", "--norm", "bn", "ln", *TINY, "--out", str(link), "--resume", "--dry-run"],
             "report": ["report", str(link)]}[command]
     assert main(argv) == 2
     err = capsys.readouterr().err
     _one_sentence(err)
-    assert "symbolic link" in err and _snapshot(copy) == before
+    assert "symbolic link" in err and snapshot(copy) == before
 
 
 # --- 10. --dry-run refuses what a run refuses ---

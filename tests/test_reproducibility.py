@@ -11,7 +11,6 @@ differently, and the trajectories drift by a little). Record the current class w
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -28,14 +27,9 @@ def cpu_class() -> str:
     rounding of a CPU training run."""
     import torch
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from normlab.summary import machine_description
+
+    name = machine_description()["cpu"]
     return f"{name} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__.split('+')[0]}"
 
 
