@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .analysis import declare as declare_analysis
+from .analysis import validate as validate_analysis
 from .checkpoint import weights_l1
 from .config import SETTINGS, ExperimentConfig
 from .errors import DamagedError, NormlabError, notice
@@ -82,10 +83,8 @@ def machine_problem(m) -> bool:
 
 
 def _analysis_ok(plan) -> bool:
-    from .analysis import validate
-
     try:
-        validate(plan, "the recorded analysis")
+        validate_analysis(plan, "the recorded analysis")
     except (NormlabError, ValueError, TypeError):
         return False
     return True
