@@ -20,7 +20,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ def measure(variant: str, seconds: float) -> float:
 
     from normlab import model as model_module
     from normlab.config import ExperimentConfig
-    from normlab.train import Experiment, l1_penalty
+    from normlab.training.state import TrainState, l1_penalty
 
     torch.set_num_threads(1)
     if variant == "torch-compile":
@@ -44,7 +43,7 @@ def measure(variant: str, seconds: float) -> float:
     batch = 512 if variant == "batch-512" else 128
     cfg = ExperimentConfig(name="bn-l1", norm="bn", l1=1e-4, batch_size=batch, train_limit=25_600,
                            test_limit=256)
-    exp = Experiment(cfg, Path(tempfile.mkdtemp()))
+    exp = TrainState(cfg)
     if variant == "torch-compile":
         exp.model = torch.compile(exp.model)
     autocast = variant == "bf16-autocast"

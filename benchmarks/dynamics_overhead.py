@@ -21,7 +21,7 @@ import torch
 from _output import emit_json
 
 from normlab.config import ExperimentConfig
-from normlab.train import Experiment
+from normlab.experiment import Experiment
 
 
 def epoch_seconds(norm: str, dynamics: bool, train_limit: int | None, root: Path, tag: str) -> float:

@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -105,29 +104,30 @@ def step_times(device: str, seconds: float, members: int) -> dict:
     import torch
 
     from normlab.config import ExperimentConfig
-    from normlab.grouped import GroupedEpoch
     from normlab.studies import build_study
-    from normlab.train import Experiment
+    from normlab.training.group import GroupStep
+    from normlab.training.loop import throughput
+    from normlab.training.single import SingleStep
+    from normlab.training.state import TrainState
 
     l1 = build_study("mission").experiments[0].l1
     out: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        def experiments(k: int) -> list:
-            return [Experiment(ExperimentConfig(name="t", norm="bn", l1=l1, seed=s), Path(tmp) / f"k{k}-{s}",
-                               device=device) for s in range(1, k + 1)]
 
-        one = experiments(1)[0]
-        batch = one.cfg.batch_size
-        out["eager_ms_one"] = 1000 * batch / one.throughput(seconds)
-        cuda = device.startswith("cuda")
-        for graph in ([False, True] if cuda else [False]):
-            key = "graph" if graph else "grouped_eager"
-            out[f"{key}_ms_k1"] = 1000 * batch / GroupedEpoch(experiments(1), graph=graph).throughput(seconds)
-            ips = GroupedEpoch(experiments(members), graph=graph).throughput(seconds)
-            out[f"{key}_ms_per_member_k{members}"] = 1000 * batch / ips
-            out[f"{key}_ms_step_k{members}"] = 1000 * batch * members / ips
-        if cuda:
-            torch.cuda.synchronize()
+    def states(k: int) -> list:
+        return [TrainState(ExperimentConfig(name="t", norm="bn", l1=l1, seed=s), device) for s in range(1, k + 1)]
+
+    one = states(1)[0]
+    batch = one.cfg.batch_size
+    out["eager_ms_one"] = 1000 * batch / throughput(SingleStep(one), 1, one.slices, seconds)
+    cuda = device.startswith("cuda")
+    for graph in ([False, True] if cuda else [False]):
+        key = "graph" if graph else "grouped_eager"
+        out[f"{key}_ms_k1"] = 1000 * batch / throughput(GroupStep(states(1), graph=graph), 1, one.slices, seconds)
+        ips = throughput(GroupStep(states(members), graph=graph), 1, one.slices, seconds)
+        out[f"{key}_ms_per_member_k{members}"] = 1000 * batch / ips
+        out[f"{key}_ms_step_k{members}"] = 1000 * batch * members / ips
+    if cuda:
+        torch.cuda.synchronize()
     return {k: round(v, 3) for k, v in out.items()}
 
 

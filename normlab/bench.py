@@ -13,37 +13,39 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import tempfile
-from pathlib import Path
 
 import torch
 
 from .config import ExperimentConfig
 from .studies import build_study
 from .summary import machine_description
-from .train import Experiment, resolve_device
+from .training.data import resolve_device
+from .training.loop import throughput
+from .training.state import TrainState
+
+
+def _mission_bn(seed: int = 1) -> ExperimentConfig:
+    """The mission's BN + L1 experiment, as the mission trains it, with this seed."""
+    return ExperimentConfig(name="bench", norm="bn", l1=build_study("mission").experiments[0].l1, seed=seed)
 
 
 def normlab_step_throughput(seconds: float, threads: int = 1, device: str = "cpu") -> float:
-    """Images/s of normlab's real training step (Experiment.train_step) in this process."""
+    """Images/s of normlab's real training step (`training.single.SingleStep`) in this process."""
+    from .training.single import SingleStep
+
     torch.set_num_threads(threads)
-    mission_bn = build_study("mission").experiments[0]  # BN + L1, as the mission trains it
-    cfg = ExperimentConfig(name="bench", norm="bn", l1=mission_bn.l1)
-    with tempfile.TemporaryDirectory() as tmp:
-        return Experiment(cfg, Path(tmp) / "bench", device=device).throughput(seconds)
+    state = TrainState(_mission_bn(), device)
+    return throughput(SingleStep(state), 1, state.slices, seconds)
 
 
 def grouped_step_throughput(seconds: float, members: int, threads: int = 1, device: str = "cpu") -> float:
     """Images/s (all members together) of `members` mission BN + L1 experiments trained as one
-    vmapped model (normlab.grouped), in this process."""
-    from .grouped import GroupedEpoch
+    vmapped model (`training.group.GroupStep`), in this process."""
+    from .training.group import GroupStep
 
     torch.set_num_threads(threads)
-    mission_bn = build_study("mission").experiments[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        group = [Experiment(ExperimentConfig(name="bench", norm="bn", l1=mission_bn.l1, seed=s),
-                            Path(tmp) / f"bench-{s}", device=device) for s in range(1, members + 1)]
-        return GroupedEpoch(group).throughput(seconds)
+    states = [TrainState(_mission_bn(seed), device) for seed in range(1, members + 1)]
+    return throughput(GroupStep(states), 1, states[0].slices, seconds)
 
 
 def _measure_normlab(seconds: float, processes: int, device: str) -> float:

@@ -220,7 +220,7 @@ def _dry_run(study, args, out: Path, device: str) -> int:
 def _execute(study, args, out: Path) -> int:
     from .report import final_table, generate_report
     from .runner import run_study
-    from .train import resolve_device
+    from .training.data import resolve_device
 
     device = str(resolve_device(args.device))
     _warn_unused(args, study)

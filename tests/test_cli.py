@@ -14,7 +14,8 @@ from conftest import science
 import normlab
 from normlab.cli import main
 from normlab.studies import presets
-from normlab.train import evaluate, load_data
+from normlab.training.data import load_data
+from normlab.training.loop import evaluate
 
 TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64"]
 

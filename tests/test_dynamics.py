@@ -8,10 +8,10 @@ import torch
 from normlab.checkpoint import load_checkpoint
 from normlab.config import ExperimentConfig
 from normlab.dynamics import STATISTICS, recorded_steps
+from normlab.experiment import Experiment
 from normlab.model import Net
 from normlab.recovery import inspect_experiment
 from normlab.results import DYNAMICS, parse_dynamics, read_dynamics
-from normlab.train import Experiment
 
 SMALL = dict(epochs=2, train_limit=512, test_limit=128, batch_size=64)
 
@@ -37,10 +37,10 @@ def test_recording_does_not_change_training(tmp_path):
     """Hooks only read: weights and metrics are bit-identical with and without recording."""
     on = _train(tmp_path, "on", norm="gn", dynamics=True)
     off = _train(tmp_path, "off", norm="gn", dynamics=False)
-    for (k, a), (_, b) in zip(on.model.state_dict().items(), off.model.state_dict().items()):
+    for (k, a), (_, b) in zip(on.state.model.state_dict().items(), off.state.model.state_dict().items()):
         assert torch.equal(a, b), k
     assert [r["test_loss"] for r in on.history] == [r["test_loss"] for r in off.history]
-    assert on.dynamics and not off.dynamics
+    assert on.state.dynamics and not off.state.dynamics
     assert not (tmp_path / off.cfg.dirname / DYNAMICS).exists()
 
 
@@ -50,7 +50,7 @@ def test_every_layer_gets_every_statistic_at_the_recorded_steps(tmp_path, norm):
     rows = read_dynamics(tmp_path / exp.cfg.dirname / DYNAMICS)
     assert rows == parse_dynamics((tmp_path / exp.cfg.dirname / DYNAMICS).read_text())
     assert rows == load_checkpoint(tmp_path / exp.cfg.dirname / "model.pt")["dynamics"]
-    steps = len(exp.slices)
+    steps = len(exp.state.slices)
     assert sorted({(r["epoch"], r["step"]) for r in rows}) == sorted(
         [(1, s) for s in recorded_steps(1, steps)] + [(2, steps)])
     layers = {r["layer"] for r in rows}

@@ -20,8 +20,8 @@ from conftest import science
 from normlab import report as report_module
 from normlab.checkpoint import load_checkpoint
 from normlab.cli import main
+from normlab.experiment import Experiment
 from normlab.results import read_metrics
-from normlab.train import Experiment
 
 ARGS = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32", "--seeds", "1", "--quiet"]
 EXPERIMENTS = ("bn-l1-seed1", "gn-seed1", "ln-seed1")

@@ -9,9 +9,9 @@ from normlab.cli import main
 from normlab.config import ExperimentConfig, step_key
 from normlab.errors import DivergedError
 from normlab.execution.schedule import step_classes
-from normlab.grouped import GroupedEpoch
+from normlab.experiment import Experiment
+from normlab.grouped import GroupedEpoch, run_together
 from normlab.results import read_dynamics, read_metrics
-from normlab.train import Experiment
 
 SMALL = dict(norm="bn", epochs=2, train_limit=512, test_limit=256, batch_size=64, dropout=0.0)
 # seed, lr, l1, l2, momentum (0.05: the one-cycle schedule reaches momentum 0, where SGD skips its buffer)
@@ -30,6 +30,14 @@ def test_only_experiments_that_can_share_a_step_are_grouped():
     assert step_classes(configs) == [["a-seed1", "b-seed2", "e-seed5"], ["c-seed1"], ["d-seed1"]]
 
 
+def train_together(members: list[Experiment]) -> dict:
+    """One epoch of `members` as one group; a bug in the group is raised."""
+    outcome = run_together([GroupedEpoch(members)])[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 def _separate_and_grouped(tmp_path, cfgs: list[ExperimentConfig]) -> tuple[dict, dict]:
     """Each config trained alone, and all of them as one group; dir name -> Experiment after training."""
     separate = {}
@@ -45,23 +53,23 @@ def _separate_and_grouped(tmp_path, cfgs: list[ExperimentConfig]) -> tuple[dict,
     for _ in range(2):  # each epoch from the files, as the executor does
         members = [Experiment(c, tmp_path / "grouped" / c.dirname, resume=True) for c in cfgs]
         members = [m for m in members if m.diverged_at is None]
-        GroupedEpoch(members).run()
+        train_together(members)
     grouped = {c.dirname: Experiment(c, tmp_path / "grouped" / c.dirname, resume=True) for c in cfgs}
     return separate, grouped
 
 
 def _assert_same_run(alone: Experiment, together: Experiment) -> None:
     assert together.epoch == alone.epoch and together.diverged_at == alone.diverged_at
-    for (k, a), b in zip(alone.model.state_dict().items(), together.model.state_dict().values()):
+    for (k, a), b in zip(alone.state.model.state_dict().items(), together.state.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-10, msg=k)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in alone.history]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in together.history] == strip
-    assert repr(together.dynamics) == repr(alone.dynamics)  # repr: nan equals nan (a diverged run)
-    expected, got = alone.optimizer.state_dict()["state"], together.optimizer.state_dict()["state"]
+    assert repr(together.state.dynamics) == repr(alone.state.dynamics)  # repr: nan equals nan (a diverged run)
+    expected, got = alone.state.optimizer.state_dict()["state"], together.state.optimizer.state_dict()["state"]
     assert list(got) == list(expected)
     for i in expected:
         torch.testing.assert_close(got[i]["momentum_buffer"], expected[i]["momentum_buffer"], rtol=0, atol=1e-10)
-    assert together.scheduler.state_dict()["last_epoch"] == alone.scheduler.state_dict()["last_epoch"]
+    assert together.state.scheduler.state_dict()["last_epoch"] == alone.state.scheduler.state_dict()["last_epoch"]
 
 
 @pytest.fixture
@@ -123,9 +131,9 @@ def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys):
     # an interrupted grouped study resumes where it stopped and ends as an uninterrupted one
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main([*cmd, "--out", str(full)]) == 0
-    real = GroupedEpoch.run_steps
+    real = GroupedEpoch.epoch_steps
 
-    def stop_in_epoch_2(self):  # the executor drives run_steps: two steps of epoch 2, then Ctrl-C
+    def stop_in_epoch_2(self):  # the executor drives epoch_steps: two steps of epoch 2, then Ctrl-C
         steps = real(self)
         if self.members[0].epoch >= 1:
             next(steps)
@@ -134,11 +142,11 @@ def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys):
             raise KeyboardInterrupt
         return (yield from steps)
 
-    GroupedEpoch.run_steps = stop_in_epoch_2
+    GroupedEpoch.epoch_steps = stop_in_epoch_2
     try:
         assert main([*cmd, "--out", str(cut)]) == 130
     finally:
-        GroupedEpoch.run_steps = real
+        GroupedEpoch.epoch_steps = real
     assert main([*cmd, "--out", str(cut), "--resume"]) == 0
     for d in full.glob("gn-*"):
         assert read_metrics(d / "metrics.csv")[-1]["test_loss"] == read_metrics(cut / d.name / "metrics.csv")[-1]["test_loss"]
@@ -175,5 +183,32 @@ def test_every_norm_of_the_zoo_trains_grouped(tmp_path, norm):
     cfgs = [ExperimentConfig(name="z", norm=norm, seed=s, epochs=1, train_limit=128, test_limit=64, batch_size=64)
             for s in (1, 2)]
     members = [Experiment(c, tmp_path / f"{norm}-{c.seed}") for c in cfgs]
-    GroupedEpoch(members).run()
+    train_together(members)
     assert all(m.epoch == 1 for m in members)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_the_stacked_update_is_torch_sgd_member_by_member(weight_decay):
+    """`training.sgd.stacked_sgd` with K members' own LR, momentum (0 included: SGD then keeps its
+    buffer) and weight decay equals K torch.optim.SGD steps, over several steps."""
+    from normlab.training.sgd import stacked_sgd
+
+    gen = torch.Generator().manual_seed(0)
+    settings = [(0.1, 0.9), (0.05, 0.0), (0.2, 0.5)]
+    weights = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in settings]
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    optimizers = [torch.optim.SGD([p], lr=lr, momentum=m, weight_decay=weight_decay) for p, (lr, m) in
+                  zip(params, settings)]
+    stacked = {"w": torch.stack(weights)}
+    momentum = {"w": torch.zeros_like(stacked["w"])}
+    lr = torch.tensor([s[0] for s in settings], dtype=torch.float64)
+    beta = torch.tensor([s[1] for s in settings], dtype=torch.float64)
+    decay = torch.full((3,), weight_decay, dtype=torch.float64)
+    for _ in range(3):
+        grads = torch.randn(3, 4, 3, generator=gen, dtype=torch.float64)
+        for p, g, opt in zip(params, grads, optimizers):
+            p.grad = g.clone()
+            opt.step()
+        stacked_sgd(stacked, {"w": grads}, momentum, lr, beta, decay, {"w"})
+    for k, p in enumerate(params):
+        torch.testing.assert_close(stacked["w"][k], p.detach(), rtol=0, atol=1e-15)

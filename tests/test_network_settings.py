@@ -10,10 +10,11 @@ from torch import nn
 from normlab import norms
 from normlab.cli import build_parser
 from normlab.config import ExperimentConfig
+from normlab.experiment import Experiment
 from normlab.layers import FRN_EPS, FilterResponseNormTluLearnedEps2d
 from normlab.model import Net, NetConfig, count_parameters
 from normlab.studies import build_study
-from normlab.train import Experiment, validation_indices
+from normlab.training.data import validation_indices
 
 
 def test_defaults_are_the_exercise_network_and_draw_the_same_init():
@@ -101,7 +102,7 @@ def test_the_validation_split_is_fixed_disjoint_and_reported_every_epoch(tmp_pat
     cfg = ExperimentConfig(name="v", norm="bn", epochs=1, train_limit=512, test_limit=128, batch_size=64,
                            val_split=128, seed=2)
     exp = Experiment(cfg, tmp_path / "v")
-    assert len(exp.data.train_y) == 384 and len(exp.data.val_y) == 128
+    assert len(exp.state.data.train_y) == 384 and len(exp.state.data.val_y) == 128
     row = exp.run_epoch().row()
     assert 0 <= row["val_accuracy"] <= 100 and row["val_loss"] > 0
     plain = ExperimentConfig(name="p", norm="bn", epochs=1, train_limit=512, test_limit=128, batch_size=64)

@@ -171,7 +171,7 @@ def test_one_flipped_bit_in_a_checkpoint_is_refused_everywhere(tmp_path, capsys)
 def test_an_interrupt_while_a_group_saves_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
     """The grouped executor saves its members one after another; an interrupt between two saves
     leaves members at different epochs. Each resumes from its own epoch on its own generators."""
-    from normlab.train import Experiment
+    from normlab.experiment import Experiment
 
     base = ExperimentConfig(epochs=2, train_limit=512, test_limit=128, batch_size=64)
     study = build_study("mission", base, seeds=[1, 2])  # three step-sharing groups of two seeds
@@ -228,7 +228,7 @@ def test_run_study_from_a_thread_runs(tmp_path):
 def test_a_damaged_member_changes_no_healthy_member_of_its_group(tmp_path, monkeypatch):
     """After epoch 1 one member's checkpoint is damaged; its two siblings train epoch 2 beside its
     placeholder and end exactly as in the undamaged study."""
-    from normlab.train import Experiment
+    from normlab.experiment import Experiment
 
     base = ExperimentConfig(epochs=2, train_limit=512, test_limit=128, batch_size=64)
     study = build_study("mission", base, seeds=[1, 2, 3])  # bn-l1, gn, ln: three groups of three seeds

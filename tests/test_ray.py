@@ -36,7 +36,7 @@ def test_ray_resumes_an_interrupted_study(tmp_path):
     # "interrupted": one epoch done locally, then the two-epoch study resumes under Ray
     one = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--quiet"]
     from normlab.config import ExperimentConfig
-    from normlab.train import Experiment
+    from normlab.experiment import Experiment
     cfg = ExperimentConfig(name="ln", norm="ln", epochs=2, train_limit=512, test_limit=256, batch_size=64)
     Experiment(cfg, out / "ln-seed1").run_epoch()
     assert main(["train", "--norm", "ln", *one, "--executor", "ray", "--resume", "--out", str(out)]) == 0

@@ -17,10 +17,10 @@ import pytest
 from normlab import report as report_module
 from normlab.cli import main
 from normlab.config import ExperimentConfig
+from normlab.experiment import Experiment
 from normlab.fileio import atomic_write_json
 from normlab.results import read_metrics
 from normlab.studies import build_study
-from normlab.train import Experiment
 
 TINY = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
 ROOT = Path(__file__).resolve().parent.parent

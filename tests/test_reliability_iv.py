@@ -263,16 +263,16 @@ def test_an_overflow_in_a_group_is_one_members_divergence(tmp_path, capsys):
 
 
 def test_one_members_failure_in_a_group_never_fails_its_siblings(tmp_path, monkeypatch, capsys):
-    from normlab import grouped, train
+    from normlab import experiment, grouped
 
-    real_land = train.Experiment.land
+    real_land = experiment.Experiment.land
 
     def land(self, metrics, members=1):
         if self.cfg.lr == 0.03:
             raise RuntimeError("a bug in one member")
         return real_land(self, metrics, members)
 
-    monkeypatch.setattr(train.Experiment, "land", land)
+    monkeypatch.setattr(experiment.Experiment, "land", land)
     assert grouped  # the grouped executor trains in this process, so the patch applies
     out = tmp_path / "g"
     assert main(["run", "--norm", "bn", "--lr", "0.01", "0.03", "0.02", *TINY, "--grouped", "on",
@@ -280,7 +280,7 @@ def test_one_members_failure_in_a_group_never_fails_its_siblings(tmp_path, monke
     statuses = {e["lr"]: e["status"] for e in json.loads((out / "summary.json").read_text())["experiments"]}
     assert statuses == {0.01: "done", 0.03: "pending", 0.02: "done"}
     assert "a bug in one member" in capsys.readouterr().err
-    monkeypatch.setattr(train.Experiment, "land", real_land)
+    monkeypatch.setattr(experiment.Experiment, "land", real_land)
     assert main(["run", "--norm", "bn", "--lr", "0.01", "0.03", "0.02", *TINY, "--grouped", "on",
                  "--out", str(out), "--resume"]) == 0
 

@@ -37,7 +37,7 @@ def train_reference(tmp: Path) -> dict[str, list[dict]]:
     import torch
 
     from normlab.config import ExperimentConfig
-    from normlab.train import Experiment
+    from normlab.experiment import Experiment
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

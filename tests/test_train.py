@@ -14,11 +14,14 @@ import normlab
 from normlab.checkpoint import load_checkpoint
 from normlab.config import ExperimentConfig
 from normlab.errors import NormlabError
+from normlab.experiment import Experiment
 from normlab.model import Net
 from normlab.results import METRIC_COLUMNS, read_metrics
 from normlab.runner import run_study
 from normlab.studies import build_study
-from normlab.train import Experiment, evaluate, l1_penalty, load_data
+from normlab.training.data import load_data
+from normlab.training.loop import evaluate
+from normlab.training.state import l1_penalty
 
 
 def _train(cfg: ExperimentConfig, path: Path, epochs: int | None = None, resume=False) -> Experiment:
@@ -54,7 +57,7 @@ def test_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
     resumed = _train(tiny_cfg, tmp_path / "split", resume=True)
     assert resumed.epoch == 2
     assert science(read_metrics(tmp_path / "split" / "metrics.csv")) == science(full.history)
-    for (k, v), (_, w) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+    for (k, v), (_, w) in zip(full.state.model.state_dict().items(), resumed.state.model.state_dict().items()):
         assert torch.equal(v, w), k
 
 
@@ -85,8 +88,8 @@ def test_each_experiment_of_a_study_starts_from_its_own_fresh_init(tmp_path):
     for cfg in study.experiments:
         exp = Experiment(cfg, tmp_path / "fresh" / cfg.dirname)  # built, not trained
         torch.manual_seed(cfg.seed)
-        reference = Net.from_config(exp.net_config)
-        for (name, p), (_, q) in zip(exp.model.named_parameters(), reference.named_parameters()):
+        reference = Net.from_config(exp.state.net_config)
+        for (name, p), (_, q) in zip(exp.state.model.named_parameters(), reference.named_parameters()):
             assert torch.equal(p, q), name
         # and training really moved the weights away from that init
         trained = load_checkpoint(tmp_path / cfg.dirname / "model.pt")["model"]
@@ -102,14 +105,14 @@ def test_l1_changes_the_loss_and_shrinks_the_weights(tmp_path):
     plain = _train(base, tmp_path / "plain")
     strong = _train(replace(base, l1=0.01), tmp_path / "l1")
     # same seed, same batches: the only difference is the L1 term, which pulls sum|w| down
-    assert l1_penalty(strong.model).item() < 0.95 * l1_penalty(plain.model).item()
+    assert l1_penalty(strong.state.model).item() < 0.95 * l1_penalty(plain.state.model).item()
     assert strong.history[0]["train_loss"] != plain.history[0]["train_loss"]
 
 
 def test_l2_and_l1_touch_conv_weights_only(tmp_path):
     cfg = ExperimentConfig(name="x", norm="bn", l2=0.5, **TINY)
     exp = Experiment(cfg, tmp_path / "e")
-    decayed, free = exp.optimizer.param_groups
+    decayed, free = exp.state.optimizer.param_groups
     assert decayed["weight_decay"] == 0.5 and free["weight_decay"] == 0.0
     assert all(p.dim() == 4 for p in decayed["params"])
     assert all(p.dim() == 1 for p in free["params"])  # BN gamma/beta
@@ -135,7 +138,7 @@ def test_misclassified_are_the_most_confident_mistakes(tiny_cfg, tmp_path):
     confidences = [im["confidence"] for im in images]
     assert confidences == sorted(confidences, reverse=True)
     assert len(images[0]["pixels"]) == 28 and len(images[0]["pixels"][0]) == 28
-    assert exp.status["status"] == "done"
+    assert read_json(tmp_path / "e" / "status.json")["status"] == "done"
 
 
 def test_non_finite_loss_is_reported_as_divergence(tmp_path):

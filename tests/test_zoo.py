@@ -11,8 +11,8 @@ from torch import nn
 from normlab import norms
 from normlab.cli import build_parser
 from normlab.config import ExperimentConfig
+from normlab.experiment import Experiment
 from normlab.model import Net, count_parameters
-from normlab.train import Experiment
 from normlab.zoo import NORM_ACT, NORMS, create_norm_layer
 
 ZOO = list(NORMS)

@@ -16,12 +16,6 @@ from .schedule import step_classes
 from .task import EpochResult, Pending, Status, result_from_exception
 
 
-def overflow_divergence(error, epoch):
-    from ..train import overflow_divergence as divergence
-
-    return divergence(error, epoch)
-
-
 class GroupedExecutor:
     """Each class of step-sharing experiments of the study (same `config.step_key`, study order)
     is one group with a fixed line-up. An epoch trains the class's least advanced experiments;
@@ -33,11 +27,12 @@ class GroupedExecutor:
     def __init__(self, device: str, experiments: list[ExperimentConfig] | None = None, graph: bool = False):
         self.device = device
         self.experiments = experiments
-        self.graph = graph  # each group's step captured as a CUDA graph (normlab.graphs)
+        self.graph = graph  # each group's step captured as a CUDA graph (normlab.training.graphs)
 
     def run(self, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
+        from ..experiment import Experiment, summary_record
         from ..grouped import GroupedEpoch, run_together
-        from ..train import Experiment, summary_record
+        from ..training.loop import overflow_divergence
 
         final: list[EpochResult] = []
         line_ups = step_classes(self.experiments or [p.config for p in pending.values()])
@@ -107,8 +102,9 @@ class GroupedExecutor:
         """The epoch of a group that raised, again for each member alone (read back from its files, in
         its own slot of the same line-up, so its numbers are those it would have had in the group):
         the member whose failure it was reports it; its siblings land their epoch."""
+        from ..experiment import Experiment, summary_record
         from ..grouped import GroupedEpoch, run_together
-        from ..train import Experiment, summary_record
+        from ..training.loop import overflow_divergence
 
         results = []
         for m in before:
@@ -144,7 +140,7 @@ class GroupedExecutor:
 
 def _results(members, outcome) -> list[EpochResult]:
     """Each member's result of a group's epoch (the misclassified pass after its last one)."""
-    from ..train import summary_record
+    from ..experiment import summary_record
 
     if isinstance(outcome, Exception):  # a bug: every member reports it, with its traceback
         return [result_from_exception(m.cfg.dirname, outcome, m.epoch) for m in members]

@@ -50,7 +50,7 @@ class EpochResult:
     metrics: dict | None = None  # the epoch that landed, if one did
     message: str = ""  # for DIVERGED, DAMAGED and FAILED: one sentence
     traceback: str | None = None  # for a bug: where it happened
-    record: dict | None = None  # the experiment's record after the task (`train.summary_record`), for summary.json
+    record: dict | None = None  # the experiment's record after the task (`experiment.summary_record`), for summary.json
 
     @property
     def finished(self) -> bool:
@@ -87,7 +87,7 @@ def run_epoch_task(task: EpochTask) -> EpochResult:
 
     An experiment whose epochs are all on disk gets only its misclassified pass.
     """
-    from ..train import (  # the training stack is heavy; a worker imports it once
+    from ..experiment import (  # the training stack is heavy; a worker imports it once
         Experiment,
         summary_record,
     )
