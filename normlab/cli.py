@@ -15,8 +15,9 @@ from . import __version__, interrupts
 from .config import SETTINGS, ExperimentConfig
 from .data import DATASETS
 from .errors import ConfigError, NormlabError, notice, os_error_fix
+from .execution.registry import EXECUTORS, SWITCHES
 from .interrupts import interrupts_raise_keyboard_interrupt
-from .results import DAMAGED, DIVERGED
+from .results import DAMAGED, DIVERGED, REPORT
 from .studies import presets
 from .zoo import NORMS
 
@@ -65,14 +66,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run; finished experiments are skipped")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu | cuda | auto (default: cpu)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes, one torch thread each (default: one per core)")
-    p.add_argument("--executor", default="local", choices=("local", "ray"), help="local processes or a Ray cluster (default: local)")
+    p.add_argument("--executor", default="local", choices=tuple(EXECUTORS),
+                   help="local: worker processes; grouped: as --grouped on; ray: a Ray cluster (default: local)")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address for --executor ray (default: start a local Ray)")
     p.add_argument("--dry-run", action="store_true",
                    help="make every check a real run makes, list each experiment as new, resumable or done; train nothing")
-    p.add_argument("--grouped", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--grouped", default="auto", choices=SWITCHES,
                    help="train experiments that share a step (differing only in seed, lr, momentum, l1, l2) as "
                         "one vmapped model in this process; auto: on CUDA only (default: auto)")
-    p.add_argument("--graph", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--graph", default="auto", choices=SWITCHES,
                    help="capture each group's training step as a CUDA graph and replay it; auto: on CUDA with the "
                         "grouped executor (default: auto)")
     p.add_argument("--tensorboard", action="store_true",
@@ -186,11 +188,12 @@ def study_exit_code(summary: dict, failed: list[str]) -> int:
 
 def _dry_run(study, args, out: Path, device: str) -> int:
     """Every check of a real run (config, data, directories, lock), then each experiment's state."""
+    from .execution.registry import ExecutionRequest, chosen_name
     from .fileio import check_can_create, check_unlocked
-    from .runner import cap_workers, choose_executor, plan_study
+    from .runner import cap_workers, plan_study
     from .summary import check_no_running_study_around
 
-    choose_executor(args.executor, args.grouped, device, 1, args.address, study.experiments, args.graph)
+    chosen_name(ExecutionRequest(args.executor, args.grouped, args.graph, device, 1, args.address))
     check_no_running_study_around(out)  # as a real run: a folder inside a study being written is refused
     check_can_create(out)
     check_unlocked(out)
@@ -282,7 +285,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     exploratory = parse_overrides(args.exploratory) if args.exploratory else None
     summary = generate_report(args.dir, refresh_summary(args.dir, notice), exploratory)
     print(final_table(summary))
-    print(f"report: {args.dir / 'report.md'}")
+    print(f"report: {args.dir / REPORT}")
     return study_exit_code(summary, [])
 
 

@@ -148,10 +148,6 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
-def _verified(ds: DatasetSpec, files: dict[str, bytes]) -> bool:
-    return all(md5(files.get(f, b"")) == ds.md5[f] for f in ds.md5)
-
-
 # --- sources: each returns {idx file name: uncompressed bytes} or raises with a reason ---
 
 def _from_cache(ds: DatasetSpec, root: Path) -> dict[str, bytes]:

@@ -27,7 +27,7 @@ from .plots import (
     plot_setting,
     plot_train_vs_test,
 )
-from .results import DAMAGED, read_metrics
+from .results import DAMAGED, REPORT, read_metrics
 from .stats import mean_interval, sampling_error
 from .summary import read_summary
 
@@ -220,7 +220,7 @@ def generate_report(study_dir: Path, summary: dict | None = None, exploratory: d
         figures[statistic] = plot_dynamics(study_dir, shown, statistic, study_dir / f"{statistic}.png")
     figures = {k: v for k, v in figures.items() if v is not None}
     grids = misclassified_grids(study_dir, shown, figures)
-    atomic_write_text(study_dir / "report.md",
+    atomic_write_text(study_dir / REPORT,
                       report_markdown(study_dir, markdown_safe(summary), figures, grids, exploratory))
     return summary
 

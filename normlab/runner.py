@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from .analysis import declare as declare_analysis
 from .config import ExperimentConfig
 from .errors import ArgumentError, NormlabError, notice
 from .execution import EpochResult, Pending, Progress, Status
-from .execution.schedule import seed_rounds
+from .execution.registry import EXECUTORS, SWITCHES, ExecutionRequest, choose_executor
+from .execution.schedule import Ledger, seed_rounds
 from .fileio import TEMP_NAME, directory_lock, kind_of, remove_temp_files
 from .interrupts import interrupts_raise_keyboard_interrupt
 from .recovery import FINISHING, ExperimentState, inspect_experiment, repair_views
@@ -125,40 +127,6 @@ def cap_workers(workers: int | None, experiments: int, notify: Callable[[str], N
     return n
 
 
-def choose_executor(kind: str, grouped: str, device: str, workers: int, address: str | None,
-                    experiments: list[ExperimentConfig] | None = None, graph: str = "auto"):
-    """The one place an executor is picked: `--executor`, `--grouped`, `--graph` and the device decide.
-
-    On CUDA the default is the grouped executor (one process keeps the GPU busy with whole groups)
-    with each group's step captured as a CUDA graph; on the CPU, one-thread worker processes.
-    """
-    from .execution.grouped import GroupedExecutor
-    from .execution.local import LocalExecutor
-    from .execution.ray import RayExecutor
-
-    cuda = device.startswith("cuda")
-    if graph == "on" and not cuda:
-        raise NormlabError("--graph on captures CUDA graphs and needs --device cuda; use --graph auto or off "
-                           "on the CPU.")
-    if kind == "ray":
-        for flag, value in (("--grouped", grouped), ("--graph", graph)):
-            if value == "on":
-                raise NormlabError(f"{flag} on trains in this process and cannot be combined with --executor ray; "
-                                   "drop one of them.")
-        return RayExecutor(device, address)
-    use_grouped = grouped == "on" or (grouped == "auto" and cuda)
-    if graph == "on" and not use_grouped:
-        raise NormlabError("--graph on captures the grouped step (an experiment is a group of one); drop "
-                           "--grouped off, or use --graph off.")
-    if use_grouped:
-        return GroupedExecutor(device, experiments, graph=cuda and graph != "off")
-    return LocalExecutor(workers, device)
-
-
-EXECUTORS = ("local", "ray")
-SWITCHES = ("auto", "on", "off")
-
-
 def check_run_arguments(*, workers, executor, grouped, graph, device) -> None:
     """run_study's own arguments, checked before anything is locked or read: a ValueError worded for Python."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -231,9 +199,11 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                    if states[cfg.dirname].to_train}
         trains = any(p.done < p.config.epochs for p in pending.values())
         workers = cap_workers(workers, len(pending), notify)
-        runner = choose_executor(executor, grouped, device, workers, address, study.experiments, graph)
+        runner = choose_executor(ExecutionRequest(executor, grouped, graph, device, workers, address,
+                                                  tuple(study.experiments)))
         export = TensorBoardExport(out) if tensorboard else None  # a missing package fails before training
-        progress = Progress(quiet, on_epoch, export.epoch if export else None)
+        progress = Progress(quiet, on_epoch)
+        latest: dict[str, EpochResult] = {}  # each experiment's last result in this run
         start = time.perf_counter()
         interrupted = False
         results: list[EpochResult] = []
@@ -243,10 +213,17 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                 round_start = time.perf_counter()
                 label = study.name if seed is None else f"{study.name} seed {seed}"
                 progress.start(label, round_pending)
+                ledger = Ledger(round_pending)
                 try:
-                    results += runner.run(round_pending, out, progress)
+                    with closing(runner.run(round_pending, out)) as landed:
+                        for result in landed:
+                            progress.show(result, ledger.take(result))
+                            if export and (result.metrics is not None or result.status is Status.DIVERGED):
+                                export.epoch(result.name, result.epoch)
                 finally:
                     progress.close()
+                    latest.update(ledger.latest)
+                    results += ledger.final
                     if seed is not None and trains:  # as the total: only time spent training counts
                         _record_wall(meta, round_start, key=f"seed {seed}")
         except KeyboardInterrupt:
@@ -263,7 +240,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
                 meta["machines"] = machines_of(meta)
             save_study_meta(out, meta)
             # what the planning read and the tasks reported; an interrupted or failed experiment is read again
-            known = {} if interrupted else after_run(out, states, progress.latest)
+            known = {} if interrupted else after_run(out, states, latest)
             summary = write_summary(out, meta, known=known)
         if interrupted:
             raise KeyboardInterrupt

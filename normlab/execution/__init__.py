@@ -2,16 +2,19 @@
 
 The unit of work is one epoch of one experiment, from its files to its files
 (`run_epoch_task`). An executor takes the pending experiments and runs their epochs until each
-is done, diverged, damaged or failed; it reports every landed epoch through one `Progress` and
-returns one typed `EpochResult` per experiment:
+is done, diverged, damaged or failed, yielding one typed `EpochResult` per task as it comes:
 
     class Executor(Protocol):
-        def run(self, pending: dict[str, Pending], out: Path, progress: Progress) -> list[EpochResult]
+        name: str
+        seed_rounds: bool
+        def run(self, pending: dict[str, Pending], out: Path) -> Iterator[EpochResult]
 
-`local` (worker processes, or this process), `grouped` (step-sharing experiments as one vmapped
-model) and `ray` (a cluster) implement it; `schedule` holds the policy they share (least advanced
-experiment first, seed rounds, groups). Imports go one way: runner -> execution -> training and
-the experiment store.
+The runner takes each result into a `schedule.Ledger` (which updates `pending`, what the executor
+schedules from) and shows it through `Progress`, which only displays. `local` (worker processes,
+or this process), `grouped` (step-sharing experiments as one vmapped model) and `ray` (a cluster)
+are the classes of `registry.EXECUTORS`; `schedule` holds the policy they share (least advanced
+experiment first, seed rounds, groups). Imports go one way: runner -> execution -> the
+experiment store and training.
 """
 
 from .progress import Progress

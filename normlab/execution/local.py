@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -154,23 +155,28 @@ def _died(worker: _Worker, pending: dict[str, Pending]) -> EpochResult:
 class LocalExecutor:
     """Epoch tasks over a pool of one-thread worker processes, least advanced experiment first."""
 
+    name = "local"
     seed_rounds = True
 
     def __init__(self, workers: int, device: str):
         self.workers, self.device = workers, device
 
-    def run(self, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
+    @classmethod
+    def from_request(cls, request) -> LocalExecutor:
+        return cls(request.workers, request.device)
+
+    def run(self, pending: dict[str, Pending], out: Path) -> Iterator[EpochResult]:
         if min(self.workers, len(pending)) <= 1:
-            return InProcessExecutor(self.device).run(pending, out, progress)
+            yield from InProcessExecutor(self.device).run(pending, out)
+            return
         pool = worker_pool(self.workers)
         try:
-            return self._run(pool, pending, out, progress)
-        except BaseException:  # interrupted: stop the workers mid-epoch, now
+            yield from self._run(pool, pending, out)
+        except BaseException:  # interrupted (or closed early): stop the workers mid-epoch, now
             discard_pool()
             raise
 
-    def _run(self, pool: WorkerPool, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
-        final: list[EpochResult] = []
+    def _run(self, pool: WorkerPool, pending: dict[str, Pending], out: Path) -> Iterator[EpochResult]:
         width = min(pool.size, len(pending))
 
         def in_flight() -> set[str]:
@@ -187,56 +193,47 @@ class LocalExecutor:
                     pool.replace(pool.workers[i])
                 p = pending[name]
                 pool.workers[i].send(EpochTask(name, p.config.to_dict(), str(out / name), self.device,
-                                              processes=width))
-
-        def take(worker: _Worker, result: EpochResult) -> None:
-            worker.task = None
-            if progress.take(result, pending):
-                final.append(result)
+                                              executor=self.name, processes=width))
 
         assign()
         while any(w.task is not None for w in pool.workers):
             busy = [w for w in pool.workers if w.task is not None]
             wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=POLL_SECONDS)
             for w in busy:
+                result = None
                 if w.conn.poll():
                     try:
                         result = w.conn.recv()
                     except (EOFError, OSError):  # died mid-send
                         result = None
-                    if result is not None:
-                        take(w, result)
-                        continue
-                if not w.process.is_alive():
+                if result is None and not w.process.is_alive():
                     result = _died(w, pending)
                     pool.replace(w)
-                    take(w, result)
+                if result is not None:
+                    w.task = None
+                    yield result
             assign()
-        return final
 
 
 class InProcessExecutor:
     """The pool's schedule in this process, one epoch at a time, with one torch thread as in a
     worker, so a study's numbers are the same whatever --workers is."""
 
+    name = "local"
     seed_rounds = False
 
     def __init__(self, device: str):
         self.device = device
 
-    def run(self, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
+    def run(self, pending: dict[str, Pending], out: Path) -> Iterator[EpochResult]:
         import torch
 
-        final = []
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in a worker: results must not depend on --workers (float sums)
         try:
             while (name := next_experiment(pending, set())) is not None:
                 p = pending[name]
-                result = run_epoch_task(EpochTask(name, p.config.to_dict(), str(out / name), self.device,
-                                                  executor="local"))
-                if progress.take(result, pending):
-                    final.append(result)
+                yield run_epoch_task(EpochTask(name, p.config.to_dict(), str(out / name), self.device,
+                                               executor=self.name))
         finally:
             torch.set_num_threads(threads)
-        return final

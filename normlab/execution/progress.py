@@ -9,8 +9,6 @@ from tqdm import tqdm
 
 from .task import EpochResult, Pending, Status
 
-AfterEpoch = Callable[[str, int], None]  # (experiment directory name, epoch that landed)
-
 
 def epoch_line(name: str, m: dict, epochs: int) -> str:
     return (f"{name:<22} epoch {m['epoch']:>3}/{epochs:<3} train loss {m['train_loss']:.4f} "
@@ -19,18 +17,16 @@ def epoch_line(name: str, m: dict, epochs: int) -> str:
 
 
 class Progress:
-    """One progress object for every executor: each result goes through `take`.
+    """The display of every executor's results; it holds no scheduling state.
 
     quiet: no bar and no epoch lines (each line is passed to `on_epoch` instead, if given); notes,
     failures and the final table still show. Bars appear only on a terminal, so piped output is a
-    clean log. `after_epoch` is told of every landed epoch (the TensorBoard export).
+    clean log.
     """
 
-    def __init__(self, quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
-                 after_epoch: AfterEpoch | None = None):
-        self.quiet, self.on_epoch, self.after_epoch = quiet, on_epoch, after_epoch
+    def __init__(self, quiet: bool = False, on_epoch: Callable[[str], None] | None = None):
+        self.quiet, self.on_epoch = quiet, on_epoch
         self.bar: tqdm | None = None
-        self.latest: dict[str, EpochResult] = {}  # each experiment's latest result
 
     def start(self, label: str, pending: dict[str, Pending]) -> None:
         self.close()
@@ -51,25 +47,15 @@ class Progress:
     def note(self, line: str) -> None:
         tqdm.write(line, file=sys.stderr)
 
-    def take(self, result: EpochResult, pending: dict[str, Pending]) -> bool:
-        """Show one task's result and advance `pending`; True when the experiment has finished
-        (it is then removed from `pending`)."""
-        item = pending[result.name]
-        self.latest[result.name] = result
+    def show(self, result: EpochResult, item: Pending) -> None:
+        """One task's result, `item` being its experiment after the result was taken."""
         if result.metrics is not None:
             if self.bar is not None:
                 self.bar.update(1)
             self.echo(epoch_line(result.name, result.metrics, item.config.epochs))
-            item.done = result.epoch
-        if self.after_epoch and (result.metrics is not None or result.status is Status.DIVERGED):
-            self.after_epoch(result.name, result.epoch)
-        if not result.finished:
-            return False
-        if result.status is not Status.DONE:
+        if result.finished and result.status is not Status.DONE:
             if self.bar is not None:
                 self.bar.total -= item.config.epochs - item.done  # epochs that will never run
             self.note(f"{result.name}: {result.status.value}: {result.message}")
             if result.traceback:
                 self.note(result.traceback)
-        del pending[result.name]
-        return True

@@ -8,6 +8,7 @@ moves the task, not the files.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NormlabError
@@ -30,12 +31,19 @@ def _remote_epoch(task: EpochTask) -> EpochResult:
 
 
 class RayExecutor:
+    """Each experiment's next epoch as a Ray task, one in flight per experiment."""
 
+    name = "ray"
     seed_rounds = False
+
     def __init__(self, device: str, address: str | None = None):
         self.device, self.address = device, address
 
-    def run(self, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
+    @classmethod
+    def from_request(cls, request) -> RayExecutor:
+        return cls(request.device, request.address)
+
+    def run(self, pending: dict[str, Pending], out: Path) -> Iterator[EpochResult]:
         ray = _ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -52,11 +60,10 @@ class RayExecutor:
             def submit(name: str) -> None:
                 p = pending[name]
                 in_flight[task.remote(EpochTask(name, p.config.to_dict(), str(out.resolve() / name),
-                                                self.device, executor="ray", processes=0))] = name
+                                                self.device, executor=self.name, processes=0))] = name
 
             for name in list(pending):
                 submit(name)
-            final = []
             while in_flight:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 name = in_flight.pop(ready[0])
@@ -64,11 +71,9 @@ class RayExecutor:
                     result = ray.get(ready[0])
                 except Exception as e:  # the task or its node was lost: that epoch failed, resumable
                     result = result_from_exception(name, e, pending[name].done)
-                if progress.take(result, pending):
-                    final.append(result)
-                else:
+                yield result
+                if not result.finished:
                     submit(name)
-            return final
         finally:
             for ref in in_flight:  # interrupted: no task goes on writing after this study stops
                 try:

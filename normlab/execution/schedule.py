@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..config import ExperimentConfig, step_key
-from .task import Pending
+from .task import EpochResult, Pending
 
 
 def next_experiment(pending: dict[str, Pending], in_flight: set[str]) -> str | None:
@@ -46,3 +46,28 @@ def step_classes(configs: list[ExperimentConfig]) -> list[list[str]]:
     for cfg in configs:
         classes.setdefault(step_key(cfg), []).append(cfg.dirname)
     return list(classes.values())
+
+
+class Ledger:
+    """Where each experiment of a run stands as its results come in: the scheduling state.
+
+    `take` advances the experiment's epochs on disk and removes it from `pending` when it has
+    finished, so an executor that schedules from `pending` sees the study as it is; `latest` keeps
+    each experiment's last result (the summary reads records from it) and `final` the last result
+    of each experiment that finished."""
+
+    def __init__(self, pending: dict[str, Pending]):
+        self.pending = pending
+        self.latest: dict[str, EpochResult] = {}
+        self.final: list[EpochResult] = []
+
+    def take(self, result: EpochResult) -> Pending:
+        """Record one task's result; the experiment's entry, as it stands after it."""
+        item = self.pending[result.name]
+        self.latest[result.name] = result
+        if result.metrics is not None:
+            item.done = result.epoch
+        if result.finished:
+            del self.pending[result.name]
+            self.final.append(result)
+        return item

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -59,10 +60,15 @@ class EpochResult:
 
 
 class Executor(Protocol):
+    """What every executor is: one class in `registry.EXECUTORS`, built from the run's request."""
+
+    name: str  # its registry key: what --executor spells and each epoch's provenance records
     seed_rounds: bool  # True: run a several-seed study seed after seed (the local executor)
 
-    def run(self, pending: dict[str, Pending], out: Path, progress) -> list[EpochResult]:
-        """Train every pending experiment to its end (or failure); one final result each."""
+    def run(self, pending: dict[str, Pending], out: Path) -> Iterator[EpochResult]:
+        """Train every pending experiment to its end (or failure), yielding each task's result as it
+        comes; between two results the caller updates `pending` (`schedule.Ledger`), which is
+        what the executor schedules from."""
 
 
 def result_from_exception(name: str, error: BaseException, epoch: int = 0) -> EpochResult:
