@@ -4,7 +4,7 @@ One torch thread per process (as in a study), the mission's BN + L1 model with a
 images per second of the whole step (batch, augmentation, forward, backward, SGD). Each
 variant runs in its own fresh process, the variants interleaved, median of the repeats:
 
-- `shipped`: `Experiment.train_step` at batch 128 (channels_last, normlab's Dropout);
+- `shipped`: `TrainState.train_step` at batch 128 (channels_last, normlab's Dropout);
 - `batch-512`: the same step at batch 512 (fewer, larger steps);
 - `bf16-autocast`: the forward pass under `torch.autocast("cpu", torch.bfloat16)`;
 - `torch-compile`: `torch.compile(model)` (inductor, with `nn.Dropout`, which inductor fuses);

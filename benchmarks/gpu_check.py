@@ -99,7 +99,7 @@ def epoch_check(checks, name, args, out: Path, budget: Budget, timeout: float, q
           f"{min(learned.values()):.2f}-{max(learned.values()):.2f}%", wall_seconds=summary.get("wall_seconds"))
 
 
-def step_times(device: str, seconds: float, members: int) -> dict:
+def step_times(device: str, seconds: float, members: int, train_limit: int | None = None) -> dict:
     """ms per optimizer step of the mission's BN + L1 step: eager and as a graph, one and K members."""
     import torch
 
@@ -114,7 +114,8 @@ def step_times(device: str, seconds: float, members: int) -> dict:
     out: dict = {}
 
     def states(k: int) -> list:
-        return [TrainState(ExperimentConfig(name="t", norm="bn", l1=l1, seed=s), device) for s in range(1, k + 1)]
+        return [TrainState(ExperimentConfig(name="t", norm="bn", l1=l1, seed=s, train_limit=train_limit), device)
+                for s in range(1, k + 1)]
 
     one = states(1)[0]
     batch = one.cfg.batch_size
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     budget = Budget(args.budget)
     args.out.mkdir(parents=True, exist_ok=True)
-    quick = ["--train-limit", "512", "--test-limit", "256"] if args.quick else []
+    quick = ["--train-limit", "256", "--test-limit", "128", "--batch-size", "64"] if args.quick else []
     cuda = args.device.startswith("cuda")
     checks: list = []
     small = ["--train-limit", "4096", "--test-limit", "2000"] if not args.quick else quick
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     steps: dict = {}
     if budget.left() > 60:
         try:
-            steps = step_times(args.device, 0.2 if args.quick else args.seconds, 3 if args.quick else args.members)
+            steps = step_times(args.device, 0.2 if args.quick else args.seconds, 3 if args.quick else args.members,
+                               train_limit=256 if args.quick else None)
             check(checks, "step times measured", True, json.dumps(steps))
         except Exception as e:  # a failure to time is reported, the studies still run
             check(checks, "step times measured", False, f"{type(e).__name__}: {str(e)[:200]}",

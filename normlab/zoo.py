@@ -8,9 +8,9 @@ Shaped like timm's `create_norm_layer` / `create_norm_act_layer`: an entry names
                                                 EvoNorm-S0), so the block has no ReLU
 - "conv":     WSConv -> ReLU -> Norm -> Dropout the conv itself changes (weight standardization)
 
-The layers from the literature are timm's own classes (timm is a dependency), so normlab
-measures the code people use; `normlab.norms` writes each one out from its definition and the
-tests hold the two equal. CLI choices, validation, `normlab explain` and plot colours all read
+Each entry's layer is the code people use — torch.nn's norms and timm's classes (timm is a
+dependency) — except FRN with a learned ε, which neither ships (`normlab.layers`); `normlab.norms`
+writes each one out from its definition and the tests hold the two equal. CLI choices, validation, `normlab explain` and plot colours all read
 this registry: adding a norm is adding an entry here.
 """
 

@@ -15,7 +15,7 @@ Normalization** and **Batch Normalization with L1 regularization** — for 20 ep
 Graph 1 (test loss), Graph 2 (test accuracy) and ten misclassified test images per model.
 
 It is a thin, readable layer over the `normlab` library: the network comes from `normlab/model.py`
-(the normalization is an argument), training from `normlab.train` / `normlab.runner`, the figures from
+(the normalization is an argument), training from `normlab.training` / `normlab.runner`, the figures from
 `normlab.plots`. The same study runs from the shell as `normlab run mission`."""),
     md("""## Parameters
 `papermill` can override these (the cell is tagged `parameters`). `None` limits mean the full data."""),

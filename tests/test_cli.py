@@ -17,7 +17,7 @@ from normlab.studies import presets
 from normlab.training.data import load_data
 from normlab.training.loop import evaluate
 
-TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64"]
+TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--seeds", "1"]
 
 
 def normlab_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -146,8 +146,8 @@ def test_sigterm_keeps_finished_epochs_and_resume_finishes(tmp_path):
     import signal
     import time
     out = tmp_path / "s"
-    args = ["run", "--epochs", "4", "--train-limit", "2048", "--test-limit", "256", "--out", str(out),
-            "--workers", "2", "--quiet"]
+    args = ["run", "--epochs", "3", "--train-limit", "1024", "--test-limit", "256", "--batch-size", "64",
+            "--seeds", "1", "--out", str(out), "--workers", "2", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "normlab", *args], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob("*/model.pt")):
@@ -160,7 +160,7 @@ def test_sigterm_keeps_finished_epochs_and_resume_finishes(tmp_path):
     r = normlab_cli(*args, "--resume")
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert all(e["status"] == "done" and e["epochs_run"] == 4 for e in summary["experiments"])
+    assert all(e["status"] == "done" and e["epochs_run"] == 3 for e in summary["experiments"])
     # and the interrupted-then-resumed study equals an uninterrupted one, epoch by epoch
     clean = tmp_path / "clean"
     assert normlab_cli(*[a if a != str(out) else str(clean) for a in args]).returncode == 0

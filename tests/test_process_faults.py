@@ -26,7 +26,7 @@ from normlab.results import read_metrics
 from normlab.runner import run_study
 from normlab.studies import build_study
 
-ARGS = ["run", "--epochs", "3", "--train-limit", "2048", "--test-limit", "256", "--batch-size", "64",
+ARGS = ["run", "--epochs", "3", "--train-limit", "1024", "--test-limit", "256", "--batch-size", "64",
         "--workers", "2", "--seeds", "1"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

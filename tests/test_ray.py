@@ -10,12 +10,22 @@ from conftest import science
 from normlab.cli import main
 from normlab.results import read_metrics
 
-TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--quiet"]
+TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--seeds", "1",
+             "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module's tests (it takes seconds to start): the executor uses
+    a running instance and leaves it running."""
+    ray = pytest.importorskip("ray")
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    yield
+    ray.shutdown()
 
 
 @pytest.mark.slow
-def test_ray_study_matches_the_local_executor(tmp_path):
-    pytest.importorskip("ray")
+def test_ray_study_matches_the_local_executor(tmp_path, local_ray):
     assert main(["run", *TINY_ARGS, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
     assert main(["run", *TINY_ARGS, "--workers", "2", "--out", str(tmp_path / "local")]) == 0
     ray_summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
@@ -30,8 +40,7 @@ def test_ray_study_matches_the_local_executor(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_resumes_an_interrupted_study(tmp_path):
-    pytest.importorskip("ray")
+def test_ray_resumes_an_interrupted_study(tmp_path, local_ray):
     out = tmp_path / "r"
     # "interrupted": one epoch done locally, then the two-epoch study resumes under Ray
     one = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--quiet"]
