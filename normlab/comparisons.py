@@ -16,12 +16,10 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .analysis import DEFAULT, describe
 from .axes import series_label, varying_settings
 from .config import SETTINGS
-from .results import MISCLASSIFIED, read_json_file
 from .stats import (
     Comparison,
     Group,
@@ -31,6 +29,7 @@ from .stats import (
     correct_family,
     mcnemar,
 )
+from .view import StudyView
 
 MAX_NAMES_FOR_EVERY_PAIR = 6
 MAX_LISTED = 40  # a larger family lists only its distinguishable comparisons
@@ -108,9 +107,9 @@ def default_families(summary: dict, names: list[str]) -> list[tuple[str, list[tu
     return out
 
 
-def _wrong_indices(study_dir: Path, summary: dict, name: str) -> set[int] | None:
+def _wrong_indices(view: StudyView, summary: dict, name: str) -> set[int] | None:
     entry = next(e for e in summary["experiments"] if e["name"] == name and e["status"] == "done")
-    read = read_json_file(Path(study_dir) / entry["dir"] / MISCLASSIFIED)
+    read = view.misclassified(entry)
     wrong = read.value.get("wrong_indices") if read.ok else None
     return set(wrong) if isinstance(wrong, list) else None
 
@@ -150,7 +149,7 @@ def family_specs(summary: dict, names: list[str], declared: list[dict] | None = 
     return specs
 
 
-def study_families(study_dir: Path, summary: dict, declared: list[dict] | None = None,
+def study_families(view: StudyView, summary: dict, declared: list[dict] | None = None,
                    plan: dict | None = None) -> list[Family]:
     """Every family of the study's report, each tested and corrected on its own as `plan` says."""
     plan = plan or DEFAULT
@@ -165,7 +164,7 @@ def study_families(study_dir: Path, summary: dict, declared: list[dict] | None =
                                                   alpha=plan["alpha"], min_seeds=plan["min_seeds"]))
         correct_family(family.comparisons, plan["correction"])
         for a, b in single:
-            wrong_a, wrong_b = _wrong_indices(study_dir, summary, a), _wrong_indices(study_dir, summary, b)
+            wrong_a, wrong_b = _wrong_indices(view, summary, a), _wrong_indices(view, summary, b)
             if wrong_a is None or wrong_b is None:
                 family.note = ("single runs without the list of wrong test images (misclassified.json "
                                "written before normlab kept it) cannot be compared image by image")
@@ -190,15 +189,15 @@ def _interval(c: Comparison) -> str:
     return f"{c.ratio:.3g} ({c.low:.3g} to {c.high:.3g})" if c.low is not None else f"{c.ratio:.3g}"
 
 
-def comparison_lines(study_dir: Path, summary: dict, declared: list[dict] | None = None,
+def comparison_lines(view: StudyView, summary: dict, declared: list[dict] | None = None,
                      plan: dict | None = None, exploratory: dict | None = None) -> list[str]:
     """report.md's comparisons: one table per family, as the declared `plan` tests and corrects them;
     with `exploratory`, that plan's p-values and verdicts beside them, labelled exploratory."""
     plan = plan or DEFAULT
-    families = study_families(study_dir, summary, declared, plan)
+    families = study_families(view, summary, declared, plan)
     if not families:
         return []
-    other = study_families(study_dir, summary, declared, exploratory) if exploratory else None
+    other = study_families(view, summary, declared, exploratory) if exploratory else None
     groups = groups_of(summary)
     n_test = min((g.n_test for g in groups.values()), default=10000)
     effect = ("the ratio of error odds (A / B, about the ratio of error rates; below 1: A makes fewer errors) "

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from .errors import DamagedError  # noqa: E402
 from .plots import save_figure  # noqa: E402
-from .results import DYNAMICS, read_dynamics  # noqa: E402
+from .view import StudyView  # noqa: E402
 
 MAX_PANELS = 12  # a study with more names (a grid) gets no dynamics figure: it would be unreadable
 FIGURES = {
@@ -34,21 +34,21 @@ def _progress(rows: list[dict]) -> dict[tuple[int, int], float]:
     return {(e, s): e - 1 + s / steps for e, s in {(r["epoch"], r["step"]) for r in rows}}
 
 
-def dynamics_by_name(study_dir: Path, summary: dict, statistic: str, geometric: bool = True
+def dynamics_by_name(view: StudyView, summary: dict, statistic: str, geometric: bool = True
                      ) -> dict[str, dict[str, tuple]]:
     """name -> layer -> (x, mean over seeds) of `statistic` (geometric, or arithmetic for a fraction),
     for experiments that recorded it. The steps of an epoch that diverged are left out: they are
     one seed's last moments, not comparable with the others' finished epochs."""
     per_name: dict[str, list[list[dict]]] = defaultdict(list)
     recorded = {e["name"] for e in summary["experiments"] if e["status"] in ("done", "diverged")
-                and (Path(study_dir) / e["dir"] / DYNAMICS).is_file()}
+                and view.has_dynamics(e)}
     if len(recorded) > MAX_PANELS:  # too many names to draw or tabulate: not read at all
         return {}
     for e in summary["experiments"]:
         if e["status"] not in ("done", "diverged"):
             continue
         try:
-            rows = read_dynamics(Path(study_dir) / e["dir"] / DYNAMICS)
+            rows = view.dynamics(e)
         except DamagedError:
             continue  # the report's repair pass names a damaged view; a figure does without it
         rows = [r for r in rows if r["statistic"] == statistic and r["epoch"] <= e["epochs_run"]]
@@ -69,10 +69,10 @@ def dynamics_by_name(study_dir: Path, summary: dict, statistic: str, geometric: 
     return out
 
 
-def plot_dynamics(study_dir: Path, summary: dict, statistic: str, path: Path) -> Path | None:
+def plot_dynamics(view: StudyView, summary: dict, statistic: str, path: Path) -> Path | None:
     """One panel per experiment name, one line per layer; None when nothing was recorded."""
     ylabel, what = FIGURES[statistic]
-    data = dynamics_by_name(study_dir, summary, statistic)
+    data = dynamics_by_name(view, summary, statistic)
     if not data or len(data) > MAX_PANELS:
         return None
     cols = min(3, len(data))

@@ -16,9 +16,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .axes import series_label, varying_settings  # noqa: E402
+from .axes import series_label  # noqa: E402
 from .fileio import atomic_write_bytes, read_json  # noqa: E402
-from .results import read_metrics  # noqa: E402
+from .view import StudyView  # noqa: E402
 from .zoo import colour  # noqa: E402
 
 
@@ -54,11 +54,11 @@ def describe(entry: dict) -> str:
     return f"{entry['name']}: {', '.join(parts)}"
 
 
-def curves_by_name(study_dir: Path, summary: dict) -> dict[str, dict]:
+def curves_by_name(view: StudyView, summary: dict) -> dict[str, dict]:
     """name -> {"entry", "epochs", "runs": array (seeds, epochs) per metric} for finished epochs."""
     grouped: dict[str, list] = defaultdict(list)
     for e in summary["experiments"]:
-        rows = read_metrics(Path(study_dir) / e["dir"] / "metrics.csv")
+        rows = view.metrics(e)
         if rows:
             grouped[e["name"]].append((e, rows))
     out = {}
@@ -84,10 +84,10 @@ def _one_name_per_norm(curves: dict) -> bool:
     return len(set(norms)) == len(norms)
 
 
-def plot_metric(study_dir: Path, summary: dict, metric: str, path: Path) -> Path:
+def plot_metric(view: StudyView, summary: dict, metric: str, path: Path) -> Path:
     """All models on one axes: mean over seeds, min-max band, best epoch marked, final value in legend."""
     ylabel, what = METRICS[metric]
-    curves = curves_by_name(study_dir, summary)
+    curves = curves_by_name(view, summary)
     by_norm = _one_name_per_norm(curves)
     higher_is_better = "accuracy" in metric
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
@@ -149,10 +149,10 @@ MAX_LINES = 12  # named curves on one axes; more: thin unlabelled lines, the bes
 MAX_BARS = 40  # bars of the comparison figure; more: the best and the worst MAX_BARS // 2
 
 
-def plot_train_vs_test(study_dir: Path, summary: dict, path: Path) -> Path:
+def plot_train_vs_test(view: StudyView, summary: dict, path: Path) -> Path:
     """Per model: train and test accuracy, the gap shows over/under-fitting (train is augmented).
     More than MAX_PANELS names: one scatter of final train against final test accuracy."""
-    curves = curves_by_name(study_dir, summary)
+    curves = curves_by_name(view, summary)
     if len(curves) > MAX_PANELS:
         return _train_vs_test_scatter(summary, curves, path)
     fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.2 * max(len(curves), 1), 3.6), dpi=100,
@@ -194,7 +194,7 @@ def _train_vs_test_scatter(summary: dict, curves: dict, path: Path) -> Path:
     return path
 
 
-def plot_misclassified_overview(study_dir: Path, entries: list[dict], path: Path, rows: int = 20
+def plot_misclassified_overview(view: StudyView, entries: list[dict], path: Path, rows: int = 20
                                 ) -> Path | None:
     """One figure for a large study: the most confident mistake of the `rows` best and `rows` worst
     finished experiments (by final accuracy), one row each with its 10 stored images side by side."""
@@ -203,7 +203,10 @@ def plot_misclassified_overview(study_dir: Path, entries: list[dict], path: Path
     strips, labels = [], []
     for e in picked:
         try:
-            mis = read_json(Path(study_dir) / e["dir"] / "misclassified.json")
+            read = view.misclassified(e)
+            if not read.ok:
+                continue
+            mis = read.value
             cells = [np.array(im["pixels"], dtype=np.uint8) for im in mis["images"][:10]]
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -255,9 +258,9 @@ def _final_by(summary: dict, key) -> dict:
     return out
 
 
-def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:
+def plot_heatmaps(view: StudyView, summary: dict, x: str, y: str, path: Path) -> Path | None:
     """Mean final accuracy over a grid of two settings, one panel per value of the other settings."""
-    _, categorical = varying_settings(summary)
+    _, categorical = view.varying(summary)
     cells = _final_by(summary, lambda e: (series_label(e, categorical), e.get(y), e.get(x)))
     panels = {}
     for (series, yv, xv), values in cells.items():
@@ -296,7 +299,7 @@ def plot_heatmaps(summary: dict, x: str, y: str, path: Path) -> Path | None:
     return path
 
 
-def plot_comparison(summary: dict, path: Path) -> Path | None:
+def plot_comparison(view: StudyView, summary: dict, path: Path) -> Path | None:
     """Every experiment's final accuracy as one horizontal bar (mean; whiskers min-max over seeds)."""
     finals = _final_by(summary, lambda e: e["name"])
     if len(finals) < 4:
@@ -327,7 +330,7 @@ def plot_comparison(summary: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_setting(summary: dict, key: str, path: Path) -> Path | None:
+def plot_setting(view: StudyView, summary: dict, key: str, path: Path) -> Path | None:
     """Final accuracy against one numeric setting, one line per value of the other varying settings.
 
     Points are seed means with 95% confidence bars (min-max with fewer than 3 seeds). Diverged
@@ -337,7 +340,7 @@ def plot_setting(summary: dict, key: str, path: Path) -> Path | None:
     """
     from .stats import mean_interval
 
-    _, categorical = varying_settings(summary)
+    _, categorical = view.varying(summary)
     finals = _final_by(summary, lambda e: (series_label(e, categorical), e.get(key)))
     diverged = defaultdict(int)
     for e in summary["experiments"]:

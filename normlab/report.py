@@ -10,43 +10,35 @@ from pathlib import Path
 
 from .analysis import DEFAULT as DEFAULT_ANALYSIS
 from .analysis import validate as validate_analysis
-from .axes import series_label, varying_settings
+from .axes import series_label
 from .comparisons import comparison_lines, test_size
 from .config import NAME_PATTERN
 from .errors import NormlabError
+from .figures import draw_all
 from .fileio import atomic_write_text
-from .plot_dynamics import FIGURES, MAX_PANELS, dynamics_by_name, plot_dynamics
-from .plots import (
-    DATASET_TITLES,
-    TARGET_ACCURACY,
-    describe,
-    plot_comparison,
-    plot_heatmaps,
-    plot_metric,
-    plot_misclassified,
-    plot_setting,
-    plot_train_vs_test,
-)
-from .results import DAMAGED, REPORT, read_metrics
+from .plot_dynamics import MAX_PANELS, dynamics_by_name
+from .plots import DATASET_TITLES, TARGET_ACCURACY, describe, plot_misclassified
+from .results import DAMAGED, REPORT
 from .stats import mean_interval, sampling_error
 from .summary import read_summary
+from .view import StudyView
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def time_to_target(study_dir: Path, entry: dict, target: float = TARGET_ACCURACY) -> tuple[int, float] | None:
+def time_to_target(view: StudyView, entry: dict, target: float = TARGET_ACCURACY) -> tuple[int, float] | None:
     """(first epoch with test accuracy >= target, seconds of training up to then), or None."""
     elapsed = 0.0
-    for r in read_metrics(Path(study_dir) / entry["dir"] / "metrics.csv"):
+    for r in view.metrics(entry):
         elapsed += r["seconds"]
         if r["test_accuracy"] >= target:
             return r["epoch"], elapsed
     return None
 
 
-def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
+def aggregate(summary: dict, view: StudyView | None = None) -> list[dict]:
     """One row per experiment name: statistics over its seeds."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for e in summary["experiments"]:
@@ -68,8 +60,8 @@ def aggregate(summary: dict, study_dir: Path | None = None) -> list[dict]:
             row["best_mean"], _ = mean_std([e["best_test_accuracy"] for e in done])
             row["loss_mean"], row["loss_std"] = mean_std([e["final_test_loss"] for e in done])
             row["seconds_mean"], _ = mean_std([e["train_seconds"] for e in done])
-            if study_dir is not None:
-                hits = [time_to_target(study_dir, e) for e in done]
+            if view is not None:
+                hits = [time_to_target(view, e) for e in done]
                 reached = [h for h in hits if h]
                 row["target_reached"] = len(reached)
                 if reached:
@@ -88,11 +80,11 @@ def _ci(ci: tuple[float, float] | None, n: int) -> str:
 TOLERANCE_POINTS = 0.5
 
 
-def tolerance_lines(summary: dict, key: str) -> list[str]:
+def tolerance_lines(view: StudyView, summary: dict, key: str) -> list[str]:
     """For a study that varies one numeric setting: per series (the other varying settings, e.g.
     the norm), its best value and the range of the setting whose mean final accuracy is within
     TOLERANCE_POINTS of that best; diverged runs counted. This is the LR range a norm survives."""
-    _, categorical = varying_settings(summary)
+    _, categorical = view.varying(summary)
     series = defaultdict(lambda: defaultdict(list))
     diverged = defaultdict(lambda: defaultdict(int))
     for e in summary["experiments"]:
@@ -199,36 +191,20 @@ def generate_report(study_dir: Path, summary: dict | None = None, exploratory: d
     return its summary. Reads only: `normlab.summary.refresh_summary` brings summary.json up to date
     first (`normlab report` does both). The comparisons follow the study's declared analysis plan;
     `exploratory` (a validated plan) adds its verdicts beside them, labelled as such."""
-    study_dir = Path(study_dir)
+    view = StudyView(study_dir)
     if summary is None:
-        summary = read_summary(study_dir)
+        summary = read_summary(view.dir)
     shown = {**summary, "experiments": [e for e in summary["experiments"] if e["status"] != DAMAGED]}
-    figures = {
-        "test_loss": plot_metric(study_dir, shown, "test_loss", study_dir / "test_loss.png"),
-        "test_accuracy": plot_metric(study_dir, shown, "test_accuracy", study_dir / "test_accuracy.png"),
-        "train_vs_test": plot_train_vs_test(study_dir, shown, study_dir / "train_vs_test.png"),
-        "comparison": plot_comparison(shown, study_dir / "comparison.png"),
-    }
-    # figures that follow the settings that vary: one -> accuracy against it; two -> a heatmap
-    numeric, _ = varying_settings(shown)
-    if len(numeric) == 1:
-        figures[numeric[0]] = plot_setting(shown, numeric[0], study_dir / f"{numeric[0]}.png")
-    elif len(numeric) == 2:
-        y, x = numeric
-        figures[f"{y}_{x}"] = plot_heatmaps(shown, x, y, study_dir / f"{y}_{x}_heatmap.png")
-    for statistic in FIGURES:
-        figures[statistic] = plot_dynamics(study_dir, shown, statistic, study_dir / f"{statistic}.png")
-    figures = {k: v for k, v in figures.items() if v is not None}
-    grids = misclassified_grids(study_dir, shown, figures)
-    atomic_write_text(study_dir / REPORT,
-                      report_markdown(study_dir, markdown_safe(summary), figures, grids, exploratory))
+    figures = draw_all(view, shown)
+    grids = misclassified_grids(view, shown, figures)
+    atomic_write_text(view.dir / REPORT, report_markdown(view, markdown_safe(summary), figures, grids, exploratory))
     return summary
 
 
 MAX_GRIDS = 24  # finished experiments drawn one misclassified grid each; a larger study shares one figure
 
 
-def misclassified_grids(study_dir: Path, shown: dict, figures: dict) -> dict:
+def misclassified_grids(view: StudyView, shown: dict, figures: dict) -> dict:
     """Each finished experiment's grid of its most confident mistakes, drawn only when missing or older
     than its misclassified.json; a study of more than MAX_GRIDS finished experiments gets one shared
     figure instead (`plots.plot_misclassified_overview`), so reporting grows by little per experiment."""
@@ -236,11 +212,12 @@ def misclassified_grids(study_dir: Path, shown: dict, figures: dict) -> dict:
 
     done = [e for e in shown["experiments"] if e["status"] == "done"]
     if len(done) > MAX_GRIDS:
-        path = plot_misclassified_overview(study_dir, done, study_dir / "misclassified.png")
+        path = plot_misclassified_overview(view, done, view.dir / "misclassified.png")
         if path:
             figures["misclassified"] = path
         return {}
     grids = {}
+    study_dir = view.dir
     for e in done:
         source, target = study_dir / e["dir"] / "misclassified.json", study_dir / e["dir"] / "misclassified.png"
         if _newer(target, source):
@@ -324,14 +301,14 @@ def _limits_line(summary: dict) -> list[str]:
     return sorted(lines)
 
 
-def dynamics_lines(study_dir: Path, summary: dict) -> list[str]:
+def dynamics_lines(view: StudyView, summary: dict) -> list[str]:
     """Per name, what its dynamics.csv shows at the first recorded step and at the end: how the
     activation std and the gradient norm change from the first block to the last."""
-    stds = dynamics_by_name(study_dir, summary, "input_std")
+    stds = dynamics_by_name(view, summary, "input_std")
     if not stds or len(stds) > MAX_PANELS:
         return []
-    grads = dynamics_by_name(study_dir, summary, "grad_norm")
-    zeros = dynamics_by_name(study_dir, summary, "relu_zero_fraction", geometric=False)
+    grads = dynamics_by_name(view, summary, "grad_norm")
+    zeros = dynamics_by_name(view, summary, "relu_zero_fraction", geometric=False)
 
     def at(series: dict, layer: str, end: bool) -> float | None:
         if layer not in series:
@@ -400,7 +377,7 @@ def provenance_lines(summary: dict) -> list[str]:
     return lines
 
 
-def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict,
+def report_markdown(view: StudyView, summary: dict, figures: dict, grids: dict,
                     exploratory: dict | None = None) -> str:
     ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
     m = summary.get("machine") if isinstance(summary.get("machine"), dict) else {}
@@ -429,7 +406,7 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict,
         f"| final test loss | epochs to {TARGET_ACCURACY}% | seconds to {TARGET_ACCURACY}% | train s | status |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in aggregate(summary, study_dir):
+    for r in aggregate(summary, view):
         e = r["entry"]
         if r["done"]:
             n = r["done"]
@@ -449,11 +426,11 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict,
         else:
             lines.append(f"| {r['name']} | {describe(e).split(': ', 1)[1]} | {r['params']} | 0 | – | – | – | – | – | – | – | – | – "
                          f"| {', '.join(r['statuses'])} |")
-    numeric, _ = varying_settings(summary)
+    numeric, _ = view.varying(summary)
     if len(numeric) == 1:
-        lines += tolerance_lines(summary, numeric[0])
-    lines += dynamics_lines(study_dir, summary)
-    lines += comparison_lines(study_dir, summary, summary.get("families"), declared_plan(summary), exploratory)
+        lines += tolerance_lines(view, summary, numeric[0])
+    lines += dynamics_lines(view, summary)
+    lines += comparison_lines(view, summary, summary.get("families"), declared_plan(summary), exploratory)
     problems = [e for e in summary["experiments"] if e["status"] not in ("done",)]
     if problems:
         lines += ["", "## Not finished", ""]
@@ -465,6 +442,6 @@ def report_markdown(study_dir: Path, summary: dict, figures: dict, grids: dict,
     if grids:
         lines += ["## Misclassified test images", ""]
         for dirname, path in grids.items():
-            lines += [f"![{dirname}]({Path(path).relative_to(study_dir)})", ""]
-    lines += ["Redraw with `normlab report " + str(study_dir) + "`.", ""]
+            lines += [f"![{dirname}]({Path(path).relative_to(view.dir)})", ""]
+    lines += ["Redraw with `normlab report " + str(view.dir) + "`.", ""]
     return "\n".join(lines)

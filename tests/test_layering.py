@@ -25,3 +25,32 @@ def test_help_and_config_checks_load_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _package_trees():
+    import ast
+
+    for path in sorted((ROOT / "normlab").rglob("*.py")):
+        yield path.relative_to(ROOT), ast.parse(path.read_text())
+
+
+def test_no_code_reads_another_objects_private_attribute():
+    """`x._name` only on self or cls: an object's insides stay its own. Two standard-library
+    functions are allowed: os._exit (the documented way out of a process without cleanup) and
+    atexit._run_exitfuncs (CPython has no public way to run the exit handlers before os._exit,
+    which an interrupted command needs: see cli.entry_point)."""
+    import ast
+
+    found = [f"{path}:{node.lineno}: {ast.unparse(node)}" for path, tree in _package_trees() for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+             and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "os", "atexit"))]
+    assert found == []
+
+
+def test_no_class_is_over_200_lines():
+    import ast
+
+    found = [f"{path}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+             for path, tree in _package_trees() for node in ast.walk(tree)
+             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200]
+    assert found == []

@@ -18,6 +18,7 @@ from normlab.model import Net, count_parameters
 from normlab.recovery import write_views
 from normlab.report import aggregate, generate_report
 from normlab.summary import refresh_summary
+from normlab.view import StudyView
 
 MODELS = [("bn-l1", "bn", 0.0001), ("gn", "gn", 0.0), ("ln", "ln", 0.0)]
 
@@ -101,7 +102,7 @@ def test_report_aggregates_seeds_with_mean_and_std(tmp_path):
     generate_report(root, refresh_summary(root))
     summary = json.loads((root / "summary.json").read_text())
     summary["experiments"] = [json.loads(json.dumps(e)) for e in summary["experiments"]]
-    rows = aggregate(refresh_summary(root), root)
+    rows = aggregate(refresh_summary(root), StudyView(root))
     assert [r["name"] for r in rows] == ["bn-l1", "gn", "ln"] and all(r["done"] == 3 for r in rows)
     assert all(r["final_std"] >= 0 and r["final_min"] <= r["final_mean"] <= r["final_max"] for r in rows)
     text = (root / "report.md").read_text()
@@ -118,8 +119,8 @@ def test_one_varying_setting_is_drawn_against_it_and_zooms_when_one_point_collap
         {"norm": n, "batch_size": b, "lr": 0.02 * b / 128, "seed": s, "status": "done", "final_test_accuracy": a + d}
         for (n, b), a in finals.items() for s, d in ((1, -0.02), (2, 0.02))]}  # two seeds each
     # the LR follows the batch size one to one: one axis, not two
-    assert plots.varying_settings(summary) == (["batch_size"], ["norm"])
-    assert plots.plot_setting(summary, "batch_size", tmp_path / "b.png").exists()
+    assert StudyView(tmp_path).varying(summary) == (["batch_size"], ["norm"])
+    assert plots.plot_setting(StudyView(tmp_path), summary, "batch_size", tmp_path / "b.png").exists()
     axes = captured[-1].axes
     assert len(axes) == panels and all(len(ax.get_legend().get_texts()) == 2 for ax in axes)
     assert axes[0].get_xlabel() == "batch_size"
@@ -133,11 +134,44 @@ def test_two_varying_settings_make_a_heatmap_per_norm(tmp_path, captured):
     summary = {"study": "grid", "dataset": "mnist", "epochs": 5, "experiments": [
         {"norm": n, "l1": l1, "l2": l2, "seed": 1, "status": "done", "final_test_accuracy": 99 + l1 * 10 + l2 * 100}
         for n in ("bn", "ln") for l1 in (0.0, 0.01) for l2 in (0.0, 0.001, 0.002)]}
-    assert plots.varying_settings(summary) == (["l1", "l2"], ["norm"])
-    assert plots.plot_heatmaps(summary, "l2", "l1", tmp_path / "h.png").exists()
+    assert StudyView(tmp_path).varying(summary) == (["l1", "l2"], ["norm"])
+    assert plots.plot_heatmaps(StudyView(tmp_path), summary, "l2", "l1", tmp_path / "h.png").exists()
     fig = captured[-1]
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in panels] == ["BN", "LN"]
     assert panels[0].get_xlabel() == "l2" and panels[0].get_ylabel() == "l1"
     values = sorted(float(t.get_text()) for t in panels[0].texts)
     assert values == sorted(round(99 + l1 * 10 + l2 * 100, 2) for l1 in (0.0, 0.01) for l2 in (0.0, 0.001, 0.002))
+
+
+def test_a_report_reads_each_result_file_once(tmp_path, monkeypatch):
+    """Every figure and table reads through one StudyView: each metrics.csv and dynamics.csv is
+    parsed at most once per report, however many figures and tables use it."""
+    import normlab.view as view_module
+
+    root = _fake_study(tmp_path, seeds=(1, 2))
+    summary = refresh_summary(root)
+    reads = []
+    for name in ("read_metrics", "read_dynamics"):
+        real = getattr(view_module, name)
+        monkeypatch.setattr(view_module, name, lambda path, real=real: reads.append(path) or real(path))
+    generate_report(root, summary)
+    assert reads and len(reads) == len(set(reads))
+
+
+def test_a_new_figure_is_one_registry_entry(tmp_path, monkeypatch):
+    """A function added to `figures.REGISTRY` is drawn and listed in report.md, with nothing else changed."""
+    from normlab import figures
+
+    def final_accuracy_strip(view, shown):
+        path = view.dir / "strip.png"
+        fig, ax = plt.subplots()
+        ax.plot([e["final_test_accuracy"] for e in shown["experiments"]])
+        fig.savefig(path)
+        plt.close(fig)
+        return {"strip": path}
+
+    monkeypatch.setattr(figures, "REGISTRY", [*figures.REGISTRY, final_accuracy_strip])
+    root = _fake_study(tmp_path)
+    generate_report(root, refresh_summary(root))
+    assert (root / "strip.png").exists() and "strip.png" in (root / "report.md").read_text()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from normlab.explain import explain_text
 from normlab.report import aggregate
+from normlab.view import StudyView
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -118,7 +119,7 @@ def test_the_lr_range_study_is_complete_and_its_table_quoted():
         for lr in lrs:
             assert len({e["seed"] for e in entries if (e["norm"], e["lr"]) == (norm, lr)}) >= 2, (norm, lr)
     assert all(e["status"] in ("done", "diverged") for e in entries)
-    rows = [line for line in tolerance_lines(summary, "lr") if line.startswith("| ") and "---" not in line][1:]
+    rows = [line for line in tolerance_lines(StudyView(Path(".")), summary, "lr") if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == len(norms)
     text = page("lr-range")
     for row in rows:

@@ -12,6 +12,7 @@ from conftest import RELIABILITY_TINY, snapshot
 
 from normlab.cli import main
 from normlab.fileio import directory_lock
+from normlab.view import StudyView
 
 TINY = RELIABILITY_TINY
 
@@ -181,7 +182,7 @@ def test_dynamics_lines_take_an_empty_series():
     summary = {"experiments": []}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report, "dynamics_by_name", lambda *a, **k: {"bn": {}})
-        lines = report.dynamics_lines(Path("."), summary)
+        lines = report.dynamics_lines(StudyView(Path(".")), summary)
     assert any("| bn |" in line for line in lines)
 
 

@@ -24,6 +24,7 @@ from normlab.stats import (
     sampling_error,
 )
 from normlab.studies import build_study
+from normlab.view import StudyView
 
 
 def test_corrections_are_statsmodels_multipletests():
@@ -133,7 +134,7 @@ def test_single_runs_are_compared_image_by_image(tmp_path):
         (d / "misclassified.json").write_text(json.dumps({"wrong_indices": wrong, "images": [], "wrong_total": 1}))
         summary["experiments"].append({"name": name, "dir": d.name, "status": "done", "final_test_accuracy": 99.0,
                                        "norm": name, "seed": 1, "dataset": "mnist", "test_limit": None})
-    families = study_families(tmp_path, summary)
+    families = study_families(StudyView(tmp_path), summary)
     (paired,) = families[0].paired
     assert (paired.only_a_wrong, paired.only_b_wrong) == (10, 40) and paired.adjusted_p < 0.05
 
