@@ -143,6 +143,42 @@ def check_run_arguments(*, workers, executor, grouped, graph, device) -> None:
     check_device(device)
 
 
+def record_plan(study: Study, out: Path, resume: bool, notify: Callable[[str], None]
+                ) -> tuple[dict, dict[str, ExperimentState]]:
+    """The planning half of a run, under the lock: every experiment's state checked (views repaired,
+    damage found), the study's record (study.json) brought up to date — its experiments, families and,
+    once, its declared analysis — and saved. Returns (the record, each experiment's state)."""
+    states = plan_study(study, out, resume)
+    meta = load_study_meta(out, notify)
+    # the directory's earlier experiments stay in the study (a second grid adds to the first)
+    ours = {cfg.dirname for cfg in study.experiments}
+    earlier = [c for c in meta.get("experiments", [])
+               if (d := ExperimentConfig.from_dict(c).dirname) not in ours and (out / d).is_dir()]
+    meta.update(study=study.name, description=study.description,
+                experiments=earlier + [cfg.to_dict() for cfg in study.experiments])
+    if study.families:
+        meta["families"] = study.families
+    elif meta.get("families"):  # an earlier grid's questions: kept while the experiments they name are
+        from .studies import families_problem
+
+        names = [ExperimentConfig.from_dict(c).name for c in meta["experiments"]]
+        if families_problem(meta["families"], STUDY, names):
+            notify(f"the {STUDY} families name experiments this study no longer holds; they are dropped.")
+            del meta["families"]
+    if not isinstance(meta.get("analysis"), dict):  # declared once; a plan on record is never replaced
+        before_data = not earlier and all(state.epoch == 0 for state in states.values())
+        meta["analysis"] = declare_analysis(study.analysis, before_data)
+    for name, state in states.items():
+        repair_views(state, notify)
+        if state.kind == FINISHING:
+            notify(f"{name}: every epoch is on disk; its misclassified pass runs again to write "
+                   "misclassified.json.")
+        elif state.outdated:
+            notify(f"{name}: {state.outdated}; its misclassified pass runs again to add it.")
+    save_study_meta(out, meta)
+    return meta, states
+
+
 def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | None = None,
               device: str = "cpu", executor: str = "local", address: str | None = None,
               quiet: bool = False, on_epoch: Callable[[str], None] | None = None,
@@ -167,34 +203,7 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
     with interrupts_raise_keyboard_interrupt(), directory_lock(out):
         for d in (out, *(out / cfg.dirname for cfg in study.experiments)):
             remove_temp_files(d)  # left by a process killed mid-write; nothing else writes here now
-        states = plan_study(study, out, resume)
-        meta = load_study_meta(out, notify)
-        # the directory's earlier experiments stay in the study (a second grid adds to the first)
-        ours = {cfg.dirname for cfg in study.experiments}
-        earlier = [c for c in meta.get("experiments", [])
-                   if (d := ExperimentConfig.from_dict(c).dirname) not in ours and (out / d).is_dir()]
-        meta.update(study=study.name, description=study.description,
-                    experiments=earlier + [cfg.to_dict() for cfg in study.experiments])
-        if study.families:
-            meta["families"] = study.families
-        elif meta.get("families"):  # an earlier grid's questions: kept while the experiments they name are
-            from .studies import families_problem
-
-            names = [ExperimentConfig.from_dict(c).name for c in meta["experiments"]]
-            if families_problem(meta["families"], STUDY, names):
-                notify(f"the {STUDY} families name experiments this study no longer holds; they are dropped.")
-                del meta["families"]
-        if not isinstance(meta.get("analysis"), dict):  # declared once; a plan on record is never replaced
-            before_data = not earlier and all(state.epoch == 0 for state in states.values())
-            meta["analysis"] = declare_analysis(study.analysis, before_data)
-        for name, state in states.items():
-            repair_views(state, notify)
-            if state.kind == FINISHING:
-                notify(f"{name}: every epoch is on disk; its misclassified pass runs again to write "
-                       "misclassified.json.")
-            elif state.outdated:
-                notify(f"{name}: {state.outdated}; its misclassified pass runs again to add it.")
-        save_study_meta(out, meta)
+        meta, states = record_plan(study, out, resume, notify)
         pending = {cfg.dirname: Pending(cfg, states[cfg.dirname].epoch) for cfg in study.experiments
                    if states[cfg.dirname].to_train}
         trains = any(p.done < p.config.epochs for p in pending.values())
@@ -202,30 +211,13 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         runner = choose_executor(ExecutionRequest(executor, grouped, graph, device, workers, address,
                                                   tuple(study.experiments)))
         export = TensorBoardExport(out) if tensorboard else None  # a missing package fails before training
-        progress = Progress(quiet, on_epoch)
         latest: dict[str, EpochResult] = {}  # each experiment's last result in this run
         start = time.perf_counter()
         interrupted = False
         results: list[EpochResult] = []
         try:
-            rounds = seed_rounds(study.experiments, pending, workers) if runner.seed_rounds else [(None, pending)]
-            for seed, round_pending in rounds:
-                round_start = time.perf_counter()
-                label = study.name if seed is None else f"{study.name} seed {seed}"
-                progress.start(label, round_pending)
-                ledger = Ledger(round_pending)
-                try:
-                    with closing(runner.run(round_pending, out)) as landed:
-                        for result in landed:
-                            progress.show(result, ledger.take(result))
-                            if export and (result.metrics is not None or result.status is Status.DIVERGED):
-                                export.epoch(result.name, result.epoch)
-                finally:
-                    progress.close()
-                    latest.update(ledger.latest)
-                    results += ledger.final
-                    if seed is not None and trains:  # as the total: only time spent training counts
-                        _record_wall(meta, round_start, key=f"seed {seed}")
+            train_rounds(runner, study, pending, out, workers, Progress(quiet, on_epoch), export,
+                         meta if trains else None, latest, results)
         except KeyboardInterrupt:
             interrupted = True
         finally:  # whatever happened, the time spent and every finished epoch reach summary.json
@@ -245,6 +237,31 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         if interrupted:
             raise KeyboardInterrupt
     return StudyOutcome(summary, [f"{r.name}: {r.message}" for r in results if r.status is Status.FAILED])
+
+
+def train_rounds(runner, study: Study, pending: dict[str, Pending], out: Path, workers: int, progress: Progress,
+                 export, meta: dict | None, latest: dict[str, EpochResult], results: list[EpochResult]) -> None:
+    """The running half: the executor's results, round after round (one round, or one per seed for the
+    local executor), each taken into a `Ledger` and shown; `latest` and `results` collect each
+    experiment's last result and the final ones, even when a round is interrupted. With `meta`
+    (a run that trains), each seed round's wall time is recorded in it."""
+    rounds = seed_rounds(study.experiments, pending, workers) if runner.seed_rounds else [(None, pending)]
+    for seed, round_pending in rounds:
+        round_start = time.perf_counter()
+        progress.start(study.name if seed is None else f"{study.name} seed {seed}", round_pending)
+        ledger = Ledger(round_pending)
+        try:
+            with closing(runner.run(round_pending, out)) as landed:
+                for result in landed:
+                    progress.show(result, ledger.take(result))
+                    if export and (result.metrics is not None or result.status is Status.DIVERGED):
+                        export.epoch(result.name, result.epoch)
+        finally:
+            progress.close()
+            latest.update(ledger.latest)
+            results += ledger.final
+            if seed is not None and meta is not None:  # as the total: only time spent training counts
+                _record_wall(meta, round_start, key=f"seed {seed}")
 
 
 def after_run(out: Path, planned: dict[str, ExperimentState], latest: dict[str, EpochResult]

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import science
 
+from normlab import figures as figures_module
 from normlab import report as report_module
 from normlab.checkpoint import load_checkpoint
 from normlab.cli import main
@@ -51,9 +52,8 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def no_drawing(monkeypatch):
     """The matrix is about files and recovery; drawing is tested in test_plots."""
-    for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified", "plot_heatmaps",
-                 "plot_comparison", "plot_setting", "plot_dynamics"):
-        monkeypatch.setattr(report_module, name, lambda *a, **k: None)
+    monkeypatch.setattr(figures_module, "REGISTRY", [])  # no figure is drawn
+    monkeypatch.setattr(report_module, "plot_misclassified", lambda *a, **k: None)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def pristine(tmp_path_factory) -> dict[str, Path]:
     """A finished study, and the same study interrupted (Ctrl-C) after every experiment's first epoch."""
     root = tmp_path_factory.mktemp("pristine")
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified", "plot_dynamics"):
-            mp.setattr(report_module, name, lambda *a, **k: None)
+        mp.setattr(figures_module, "REGISTRY", [])  # no figure is drawn
+        mp.setattr(report_module, "plot_misclassified", lambda *a, **k: None)
         assert main(["run", *ARGS, "--workers", "1", "--out", str(root / "finished")]) == 0
         real_run_epoch = Experiment.run_epoch
 

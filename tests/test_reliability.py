@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from normlab import figures as figures_module
 from normlab import report as report_module
 from normlab.cli import main
 from normlab.config import ExperimentConfig
@@ -28,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def no_drawing(monkeypatch):
-    for name in ("plot_metric", "plot_train_vs_test", "plot_misclassified"):
-        monkeypatch.setattr(report_module, name, lambda *a, **k: None)
+    monkeypatch.setattr(figures_module, "REGISTRY", [])  # no figure is drawn
+    monkeypatch.setattr(report_module, "plot_misclassified", lambda *a, **k: None)
 
 
 def _mission(out: Path) -> dict[str, ExperimentConfig]:

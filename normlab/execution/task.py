@@ -14,7 +14,9 @@ from ..errors import DamagedError, DivergedError, NormlabError, first_line, os_e
 
 
 class Status(str, enum.Enum):
-    """Where an experiment stands after a task. The values are what status.json and summary.json spell."""
+    """Where an experiment stands after a task. RUNNING, DONE, DIVERGED and DAMAGED are spelled as
+    status.json and summary.json spell them; FAILED is this run's alone (the files keep what was on
+    disk, and summary.json shows that)."""
 
     RUNNING = "running"  # an epoch landed; more to train
     DONE = "done"  # every epoch and the misclassified pass on disk
