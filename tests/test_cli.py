@@ -17,7 +17,8 @@ from normlab.studies import presets
 from normlab.training.data import load_data
 from normlab.training.loop import evaluate
 
-TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--seeds", "1"]
+TINY_ARGS = ["--epochs", "2", "--train-limit", "512", "--test-limit", "256", "--batch-size", "64"]
+RUN_ARGS = [*TINY_ARGS, "--seeds", "1"]  # a study of one seed: the mission preset plans three
 
 
 def normlab_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -28,7 +29,7 @@ def normlab_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
 @pytest.mark.slow
 def test_tiny_mission_run_end_to_end(tmp_path):
     out = tmp_path / "mission"
-    r = normlab_cli("run", *TINY_ARGS, "--out", str(out), "--workers", "2")
+    r = normlab_cli("run", *RUN_ARGS, "--out", str(out), "--workers", "2")
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["study"] == "mission" and summary["dataset"] == "mnist" and summary["epochs"] == 2
@@ -47,9 +48,9 @@ def test_tiny_mission_run_end_to_end(tmp_path):
         assert (out / f).stat().st_size > 0
     assert "bn-l1" in r.stdout and "final acc" in r.stdout  # the final table
     # a finished study resumes to a no-op; without --resume it refuses to overwrite
-    again = normlab_cli("run", *TINY_ARGS, "--out", str(out), "--resume")
+    again = normlab_cli("run", *RUN_ARGS, "--out", str(out), "--resume")
     assert again.returncode == 0, again.stderr
-    refused = normlab_cli("run", *TINY_ARGS, "--out", str(out))
+    refused = normlab_cli("run", *RUN_ARGS, "--out", str(out))
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
 

@@ -27,7 +27,7 @@ def local_ray():
 @pytest.mark.slow
 def test_ray_study_matches_the_local_executor(tmp_path, local_ray):
     assert main(["run", *TINY_ARGS, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
-    assert main(["run", *TINY_ARGS, "--workers", "2", "--out", str(tmp_path / "local")]) == 0
+    assert main(["run", *TINY_ARGS, "--workers", "1", "--out", str(tmp_path / "local")]) == 0  # = any --workers
     ray_summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert {e["name"] for e in ray_summary["experiments"]} == {"bn-l1", "gn", "ln"}
     for e in ray_summary["experiments"]:
