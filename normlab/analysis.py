@@ -99,6 +99,8 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise AnalysisError(f"{item!r} is not KEY=VALUE; e.g. test=student or alpha=0.01.")
+        if key in plan:
+            raise AnalysisError(f"{key} is given twice; give each setting of the exploratory plan once.")
         if key == "alpha":
             try:
                 plan[key] = float(value)

@@ -9,6 +9,7 @@ source of truth of an experiment: config.json, metrics.csv, dynamics.csv and sta
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -20,6 +21,7 @@ from .errors import NormlabError, first_line
 from .fileio import atomic_write_bytes, kind_of
 from .model import Net, NetConfig
 from .provenance import valid as provenance_valid
+from .results import DYNAMICS_COLUMNS, METRIC_COLUMNS
 
 FORMAT = "normlab-checkpoint"
 VERSION = 2  # 2 adds history, device, params and diverged; version 1 files are still read
@@ -96,6 +98,60 @@ def verify_checksums(path: Path) -> None:
                               "partly copied file", fix="restore it from a copy, or retrain its experiment")
 
 
+MAX_EPOCH_SECONDS = 1e7  # about four months: longer is not a time an epoch took
+
+
+def _number(value, low: float = float("-inf"), high: float = float("inf")) -> bool:
+    """A finite int or float (not a bool) within [low, high]."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)
+
+
+def _history_row_valid(row) -> bool:
+    """A metrics row as training writes it: every column a finite number in its range."""
+    if not isinstance(row, dict) or not set(METRIC_COLUMNS) <= set(row):
+        return False
+    ranges = {"train_loss": (0, float("inf")), "test_loss": (0, float("inf")), "val_loss": (0, float("inf")),
+              "train_accuracy": (0, 100), "test_accuracy": (0, 100), "val_accuracy": (0, 100),
+              "lr": (0, float("inf")), "seconds": (0, MAX_EPOCH_SECONDS)}
+    return isinstance(row["epoch"], int) and all(_number(row[k], *ranges[k]) for k in row if k in ranges) \
+        and set(row) <= set(ranges) | {"epoch"}
+
+
+def _dynamics_row_valid(row) -> bool:
+    return (isinstance(row, dict) and set(row) == set(DYNAMICS_COLUMNS) and isinstance(row["layer"], str)
+            and isinstance(row["statistic"], str) and all(_number(row[k], 1) for k in ("epoch", "step"))
+            and isinstance(row["value"], (int, float)) and not isinstance(row["value"], bool))
+
+
+def record_problems(state: dict) -> list[str]:
+    """The parts of a version-2 checkpoint's record that training could not have written: its history
+    (one row per epoch, 1..epoch, within the experiment's epochs, every metric finite and in range),
+    device, parameter count, divergence, dynamics rows and provenance."""
+    bad = []
+    history, epochs = state.get("history"), state["experiment"].get("epochs")
+    if not isinstance(history, list) or [r.get("epoch") if isinstance(r, dict) else None
+                                         for r in history] != list(range(1, state["epoch"] + 1)) \
+            or not all(_history_row_valid(r) for r in history) or not (isinstance(epochs, int)
+                                                                          and 0 <= state["epoch"] <= epochs):
+        bad.append("history")
+    if not isinstance(state.get("device"), str):
+        bad.append("device")
+    if not isinstance(state.get("params"), int) or isinstance(state.get("params"), bool) or state["params"] < 1:
+        bad.append("params")
+    diverged = state.get("diverged")
+    if diverged is not None and not (isinstance(diverged, dict) and _number(diverged.get("epoch"), 1)
+                                     and isinstance(diverged.get("epoch"), int)
+                                     and isinstance(diverged.get("message"), str)):
+        bad.append("diverged")
+    dynamics = state.setdefault("dynamics", [])
+    if not isinstance(dynamics, list) or not all(_dynamics_row_valid(r) for r in dynamics):
+        bad.append("dynamics")
+    if not provenance_valid(state.setdefault("provenance", [])):
+        bad.append("provenance")
+    return bad
+
+
 def load_checkpoint(path: Path | str) -> dict:
     """The checkpoint's dict; one clear error for a missing, foreign, damaged or unsafe file."""
     path = Path(path)
@@ -121,19 +177,8 @@ def load_checkpoint(path: Path | str) -> dict:
         raise CheckpointError(path, f"format version {state.get('version')!r}; this normlab reads versions 1 "
                               f"and {VERSION}: upgrade normlab, or retrain with this one")
     bad = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
-    if state["version"] >= 2:
-        history = state.get("history")
-        if not isinstance(history, list) or [r.get("epoch") if isinstance(r, dict) else None
-                                             for r in history] != list(range(1, state.get("epoch", -1) + 1)):
-            bad.append("history")
-        bad += [k for k, kind in (("device", str), ("params", int)) if not isinstance(state.get(k), kind)]
-        if state.get("diverged") is not None and not isinstance(state.get("diverged"), dict):
-            bad.append("diverged")
-        dynamics = state.setdefault("dynamics", [])
-        if not isinstance(dynamics, list) or not all(isinstance(r, dict) for r in dynamics):
-            bad.append("dynamics")
-        if not provenance_valid(state.setdefault("provenance", [])):
-            bad.append("provenance")
+    if state["version"] >= 2 and not bad:
+        bad += record_problems(state)
     if bad:
         raise _not_a_checkpoint(path, f"missing or malformed {', '.join(bad)}")
     return state

@@ -356,8 +356,9 @@ def _check_cache_entries(folder: Path, names) -> None:
     import stat
 
     for path in (folder.parent, folder, *(folder / f for f in names)):
-        try:
-            mode = os.stat(path).st_mode
+        want_dir = path in (folder.parent, folder)
+        try:  # the cache's folders may be links (a cache moved to another disk); its data files may not
+            mode = os.stat(path).st_mode if want_dir else os.lstat(path).st_mode
         except FileNotFoundError:
             continue
         except NotADirectoryError as e:  # a file where the cache's folder should be
@@ -366,7 +367,10 @@ def _check_cache_entries(folder: Path, names) -> None:
         except OSError as e:
             raise DataError(f"cannot read the dataset cache entry {path} ({e.strerror}); move it away, then run "
                             "again.") from None
-        want_dir = path in (folder.parent, folder)
+        if stat.S_ISLNK(mode):
+            raise DataError(f"the dataset cache entry {path} is a symbolic link; normlab never reads or writes its "
+                            "cache through a link, so put the file itself there (or move the link away), then run "
+                            "again.")
         if want_dir and not stat.S_ISDIR(mode):
             raise DataError(f"the dataset cache entry {path} is not a folder; move it away, then run again.")
         if not want_dir and not stat.S_ISREG(mode):

@@ -97,7 +97,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _refuse_non_file(path)  # a link or a FIFO in a result file's place is not replaced: it is not ours
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.normlab-", suffix=".tmp")
     except OSError as e:
         raise cannot_write(path, e) from None
     try:
@@ -115,8 +115,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-# the names atomic_write_bytes gives its temp files: "." + a result file's name + "." + mkstemp's 8 characters
-TEMP_NAME = re.compile(r"\.(?:[A-Za-z0-9_-]+\.(?:json|csv|md|png|pt))\.[A-Za-z0-9_]{8}\.tmp")
+# the names atomic_write_bytes gives its temp files: "." + a result file's name + ".normlab-" + mkstemp's
+# 8 characters + ".tmp"; the marker keeps a user's own ".<name>.<something>.tmp" out of the sweep
+TEMP_NAME = re.compile(r"\.(?:[A-Za-z0-9_-]+\.(?:json|csv|md|png|pt))\.normlab-[A-Za-z0-9_]{8}\.tmp")
 
 
 def remove_temp_files(directory: Path) -> None:
@@ -140,9 +141,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+MAX_JSON_BYTES = 256 * 2**20  # far above any JSON file normlab writes
+
+
 def read_json(path: Path) -> Any:
+    """The JSON in `path`, read in bounded memory; ValueError for a file too large or not JSON."""
     try:
-        return json.loads(safe_read_bytes(path).decode("utf-8"))
+        return json.loads(safe_read_bytes(path, limit=MAX_JSON_BYTES).decode("utf-8"))
     except RecursionError:
         raise ValueError(f"{path} is not valid JSON (nested too deeply to be a file normlab wrote)") from None
 

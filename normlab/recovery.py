@@ -184,6 +184,8 @@ def misclassified_problem(value, config: dict, history: list[dict]) -> str | Non
         problem = _image_problem(im, n, set(wrong) if isinstance(wrong, list) else None)
         if problem:
             return problem
+    if len({im["index"] for im in images}) != len(images):
+        return "its images repeat an image"
     return None
 
 

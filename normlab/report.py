@@ -262,6 +262,12 @@ def _name(text) -> str:
     return text if isinstance(text, str) and NAME_PATTERN.fullmatch(text) else markdown_text(text, 200)
 
 
+def _code(name: str) -> str:
+    """A name in a code span when it is one normlab made; an escaped name (already made safe by
+    `_name`) outside one, since a code span would show its escapes and a backtick would end it."""
+    return f"`{name}`" if NAME_PATTERN.fullmatch(name) else name
+
+
 def markdown_safe(summary: dict) -> dict:
     """A copy of `summary` for writing report.md: every text that came from a study file or a result
     file escaped (`markdown_text`), names the same way wherever they appear, so lookups still match."""
@@ -382,7 +388,7 @@ def report_markdown(view: StudyView, summary: dict, figures: dict, grids: dict,
     ds = DATASET_TITLES.get(summary.get("dataset"), summary.get("dataset"))
     m = summary.get("machine") if isinstance(summary.get("machine"), dict) else {}
     lines = [
-        f"# normlab study `{summary['study']}` — {ds}",
+        f"# normlab study {_code(summary['study'])} — {ds}",
         "",
         summary.get("description", ""),
         "",

@@ -63,10 +63,16 @@ class Read:
         return self.problem is None
 
 
+MAX_RESULT_BYTES = 256 * 2**20  # far above any file normlab writes (a study's largest is well under 1 MB)
+
+
 def read_text(path: Path) -> Read:
+    """A result file's text, read in bounded memory, or why it cannot be used."""
     path = Path(path)
     try:
-        data = safe_read_bytes(path)  # never through a link, never waiting on a FIFO
+        data = safe_read_bytes(path, limit=MAX_RESULT_BYTES)  # never through a link, never waiting on a FIFO
+    except ValueError:
+        return Read(problem=f"larger than the {MAX_RESULT_BYTES:,} bytes of any file normlab writes")
     except FileNotFoundError:
         return Read(problem="missing")
     except NotAFileError as e:

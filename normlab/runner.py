@@ -127,14 +127,24 @@ def cap_workers(workers: int | None, experiments: int, notify: Callable[[str], N
     return n
 
 
-def check_run_arguments(*, workers, executor, grouped, graph, device) -> None:
-    """run_study's own arguments, checked before anything is locked or read: a ValueError worded for Python."""
+def check_run_arguments(*, workers, executor, grouped, graph, device, address=None, flags=None,
+                        callbacks=None) -> None:
+    """run_study's own arguments, checked before anything is locked or read: a ValueError worded for Python.
+    `flags` and `callbacks`: name -> value of the arguments that must be True/False, or callables (or None)."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ArgumentError(f"workers={workers!r} must be a positive integer (or None: one per core).")
-    if executor not in EXECUTORS:
+    for key, value in (flags or {}).items():
+        if not isinstance(value, bool):
+            raise ArgumentError(f"{key}={value!r:.60} must be True or False.")
+    for key, value in (callbacks or {}).items():
+        if value is not None and not callable(value):
+            raise ArgumentError(f"{key}={value!r:.60} must be a function (or None).")
+    if address is not None and (not isinstance(address, str) or not address):
+        raise ArgumentError(f"address={address!r:.60} must be a Ray address such as 'ray://host:10001' (or None).")
+    if not isinstance(executor, str) or executor not in EXECUTORS:
         raise ArgumentError(f"executor={executor!r} is not an executor; choose one of: {', '.join(EXECUTORS)}.")
     for key, value in (("grouped", grouped), ("graph", graph)):
-        if value not in SWITCHES:
+        if not isinstance(value, str) or value not in SWITCHES:
             raise ArgumentError(f"{key}={value!r} must be one of: {', '.join(SWITCHES)}.")
     if not isinstance(device, str) or not device:
         raise ArgumentError(f"device={device!r} must be a device name such as 'cpu' or 'cuda'.")
@@ -196,7 +206,9 @@ def run_study(study: Study, out: Path, *, resume: bool = False, workers: int | N
         raise ArgumentError(f"study={study!r:.60} must be a Study, e.g. normlab.studies.build_study('mission').")
     if not isinstance(out, (str, os.PathLike)) or str(out) == "":
         raise ArgumentError(f"out={out!r:.60} must be the path of a study folder.")
-    check_run_arguments(workers=workers, executor=executor, grouped=grouped, graph=graph, device=device)
+    check_run_arguments(workers=workers, executor=executor, grouped=grouped, graph=graph, device=device,
+                        address=address, flags={"resume": resume, "quiet": quiet, "tensorboard": tensorboard},
+                        callbacks={"on_epoch": on_epoch, "notify": notify})
     out = Path(out)
     check_no_running_study_around(out)
     check_study_folder(out)  # before the lock file is made: a folder normlab did not make stays untouched

@@ -123,12 +123,18 @@ def test_safe_reads_refuse_links_and_fifos(tmp_path):
 
 
 def test_only_its_own_temp_files_are_removed(copy):
-    mine = copy / ".metrics.csv.abcd1234.tmp"
-    theirs = [copy / ".notes.tmp", copy / ".x.tmp", copy / "bn-seed1" / ".my-draft.tmp"]
+    from normlab.fileio import remove_temp_files
+
+    mine = copy / "bn-seed1" / ".metrics.csv.normlab-abcd1234.tmp"
+    theirs = [copy / ".notes.tmp", copy / ".x.tmp", copy / "bn-seed1" / ".my-draft.tmp",
+              copy / ".notes.md.draft123.tmp", copy / "bn-seed1" / ".metrics.csv.backup_1.tmp",
+              copy / ".metrics.csv.abcd1234.tmp"]  # a temp name without normlab's marker is someone else's
     for p in (mine, *theirs):
         p.write_text("t")
     assert main(["report", str(copy)]) == 0
-    assert all(p.exists() for p in theirs)
+    for folder in (copy, copy / "bn-seed1"):
+        remove_temp_files(folder)  # what a run does under the study's lock
+    assert all(p.exists() for p in theirs) and not mine.exists()
 
 
 def test_a_lock_file_that_is_a_link_is_not_truncated(tmp_path):
