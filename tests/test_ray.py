@@ -65,3 +65,30 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     assert main(["run", *TINY_ARGS, "--executor", "ray", "--out", str(tmp_path / "x")]) == 2
     assert "pip install 'normlab[ray]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_interrupted_ray_study_keeps_its_epochs_and_resume_completes_it(tmp_path, local_ray, monkeypatch):
+    """Ctrl-C after the first result: the tasks in flight are cancelled, every finished epoch stays,
+    summary.json is written, and --resume under Ray finishes the study as an uninterrupted one."""
+    from normlab.execution.progress import Progress
+
+    out, args = tmp_path / "r", ["run", "--norm", "bn", "ln", *TINY_ARGS, "--executor", "ray"]
+    real_show, shown = Progress.show, []
+
+    def interrupt_after_the_first(self, result, item):
+        shown.append(result.name)
+        real_show(self, result, item)
+        if len(shown) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "show", interrupt_after_the_first)
+    assert main([*args, "--out", str(out)]) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(e["epochs_run"] for e in summary["experiments"]) >= 1
+    monkeypatch.setattr(Progress, "show", real_show)
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert main(["run", "--norm", "bn", "ln", *TINY_ARGS, "--workers", "1", "--out", str(tmp_path / "l")]) == 0
+    for name in ("bn-seed1", "ln-seed1"):
+        assert science(read_metrics(out / name / "metrics.csv")) == science(read_metrics(tmp_path / "l" / name /
+                                                                                           "metrics.csv"))
