@@ -54,3 +54,15 @@ def test_no_class_is_over_200_lines():
              for path, tree in _package_trees() for node in ast.walk(tree)
              if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200]
     assert found == []
+
+
+def test_the_architecture_page_lists_the_layers_the_contract_checks():
+    import re
+
+    import tomllib
+
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    listed = [" | ".join(re.findall(r"`(normlab[\w.]*)`", line))
+              for line in page.splitlines() if re.match(r"\d+\. `normlab", line)]
+    assert listed == contract["layers"]
