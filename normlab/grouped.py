@@ -13,7 +13,7 @@ from collections.abc import Generator
 from .errors import DivergedError
 from .experiment import Experiment
 from .training.group import GroupStep
-from .training.loop import EpochMetrics, epoch_steps, take_turns, throughput
+from .training.loop import EpochMetrics, epoch_steps, take_turns
 
 Landed = dict[str, EpochMetrics | DivergedError]  # member's directory name -> its epoch
 
@@ -49,11 +49,6 @@ class GroupedEpoch:
                 m.land(result, members=len(training))
             landed[m.cfg.dirname] = result
         return landed
-
-    def throughput(self, seconds: float) -> float:
-        """Training images per second of the whole group's real step, for `normlab bench`."""
-        first = self.members[0]
-        return throughput(self.step, first.epoch + 1, first.state.slices, seconds)
 
 
 def run_together(groups: list[GroupedEpoch]) -> list[Landed | Exception]:

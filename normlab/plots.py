@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .axes import series_label  # noqa: E402
-from .fileio import atomic_write_bytes, read_json  # noqa: E402
+from .fileio import atomic_write_bytes  # noqa: E402
 from .view import StudyView  # noqa: E402
 from .zoo import colour  # noqa: E402
 
@@ -226,12 +226,15 @@ def plot_misclassified_overview(view: StudyView, entries: list[dict], path: Path
     return path
 
 
-def plot_misclassified(exp_dir: Path, entry: dict, path: Path) -> Path | None:
-    """A 2-row x 5-column grid of the experiment's 10 stored mistakes, each cell labelled."""
-    src = Path(exp_dir) / "misclassified.json"
-    if not src.exists():
+def plot_misclassified(view: StudyView, entry: dict, path: Path) -> Path | None:
+    """A 2-row x 5-column grid of the experiment's 10 stored mistakes, each cell labelled (None when
+    it has no misclassified.json); read through the view, which the report's comparisons share."""
+    read = view.misclassified(entry)
+    if read.problem == "missing":
         return None
-    mis = read_json(src)
+    if not read.ok:
+        raise ValueError(f"{view.dir / entry['dir'] / 'misclassified.json'} is {read.problem}")
+    mis = read.value
     images = mis["images"]
     fig, axes = plt.subplots(2, 5, figsize=(9, 5.4), dpi=100, layout="constrained")
     for ax in axes.flat:

@@ -223,7 +223,7 @@ def misclassified_grids(view: StudyView, shown: dict, figures: dict) -> dict:
         if _newer(target, source):
             grids[e["dir"]] = target
             continue
-        path = plot_misclassified(study_dir / e["dir"], e, target)
+        path = plot_misclassified(view, e, target)
         if path:
             grids[e["dir"]] = path
     return grids
