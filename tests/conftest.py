@@ -22,6 +22,16 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def no_drawing(monkeypatch):
+    """No figure is drawn: for tests about files, processes and recovery (drawing is tested in
+    test_plots), where matplotlib's seconds per figure are not what is checked."""
+    from normlab import figures, report
+
+    monkeypatch.setattr(figures, "REGISTRY", [])
+    monkeypatch.setattr(report, "plot_misclassified", lambda *a, **k: None)
+
+
+@pytest.fixture
 def tiny_cfg() -> ExperimentConfig:
     return ExperimentConfig(name="t", norm="bn", **TINY)
 

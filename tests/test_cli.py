@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import science
 
 import normlab
 from normlab.cli import main
@@ -47,6 +46,9 @@ def test_tiny_mission_run_end_to_end(tmp_path):
     for f in ("test_loss.png", "test_accuracy.png", "report.md"):
         assert (out / f).stat().st_size > 0
     assert "bn-l1" in r.stdout and "final acc" in r.stdout  # the final table
+    # piped, the output is a clean log: no progress-bar states, one line per epoch
+    assert "\r" not in r.stdout and "\r" not in r.stderr
+    assert len([line for line in r.stdout.splitlines() if " epoch " in line]) == 3 * 2
     # a finished study resumes to a no-op; without --resume it refuses to overwrite
     again = normlab_cli("run", *RUN_ARGS, "--out", str(out), "--resume")
     assert again.returncode == 0, again.stderr
@@ -143,44 +145,14 @@ def test_foreign_checkpoint_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_keeps_finished_epochs_and_resume_finishes(tmp_path):
-    import signal
-    import time
-    out = tmp_path / "s"
-    args = ["run", "--epochs", "3", "--train-limit", "1024", "--test-limit", "256", "--batch-size", "64",
-            "--seeds", "1", "--out", str(out), "--workers", "2", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "normlab", *args], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(out.glob("*/model.pt")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
-    summary = json.loads((out / "summary.json").read_text())
-    assert any(e["epochs_run"] >= 1 for e in summary["experiments"])
-    r = normlab_cli(*args, "--resume")
-    assert r.returncode == 0, r.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert all(e["status"] == "done" and e["epochs_run"] == 3 for e in summary["experiments"])
-    # and the interrupted-then-resumed study equals an uninterrupted one, epoch by epoch
-    clean = tmp_path / "clean"
-    assert normlab_cli(*[a if a != str(out) else str(clean) for a in args]).returncode == 0
-    from normlab.results import read_metrics
-    for e in summary["experiments"]:
-        resumed = read_metrics(out / e["dir"] / "metrics.csv")
-        uninterrupted = read_metrics(clean / e["dir"] / "metrics.csv")
-        assert science(resumed) == science(uninterrupted)
-
-
-@pytest.mark.slow
-def test_a_diverging_experiment_does_not_stop_the_study(tmp_path):
+def test_a_diverging_experiment_does_not_stop_the_study(tmp_path, capsys):
     """A peak LR of 1e6 makes the loss non-finite; the experiments at 0.02 must still finish, and the
     exit code says so."""
     out = tmp_path / "m"
-    r = normlab_cli("run", "--norm", "bn", "ln", "--lr", "0.02", "1e6", *TINY_ARGS, "--out", str(out),
-                    "--workers", "2", "--quiet")
-    assert r.returncode == 3, r.stderr
-    assert "diverged" in r.stderr and "Traceback" not in r.stderr
+    assert main(["run", "--norm", "bn", "ln", "--lr", "0.02", "1e6", *TINY_ARGS, "--out", str(out),
+                 "--workers", "2", "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "diverged" in err and "Traceback" not in err
     status = {e["name"]: e for e in json.loads((out / "summary.json").read_text())["experiments"]}
     assert set(status) == {"bn-lr0.02", "bn-lr1e06", "ln-lr0.02", "ln-lr1e06"}
     for norm in ("bn", "ln"):

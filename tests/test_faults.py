@@ -49,11 +49,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def no_drawing(monkeypatch):
-    """The matrix is about files and recovery; drawing is tested in test_plots."""
-    monkeypatch.setattr(figures_module, "REGISTRY", [])  # no figure is drawn
-    monkeypatch.setattr(report_module, "plot_misclassified", lambda *a, **k: None)
+pytestmark = pytest.mark.usefixtures("no_drawing")  # the matrix is about files and recovery
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,37 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_check_runs_its_host_side_and_never_calls_a_cuda_path_passed(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
-                           "--out", str(tmp_path), "--budget", "400"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def normlab_in_this_process(args: list[str], timeout: float) -> tuple[int, str]:
+    """The script's `normlab` with the child process left out: the same command line, its output."""
+    from normlab.cli import main
+
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        code = main(args)
+    return code, captured.getvalue()[-1500:]
+
+
+def test_the_script_runs_normlab_in_a_child_and_stops_it_past_its_timeout(tmp_path):
+    gpu_check = load_script()
+    code, tail = gpu_check.normlab(["--version"], timeout=120)
+    assert code == 0 and "normlab" in tail
+    code, tail = gpu_check.normlab(["run", "mission", "--quiet", "--out", str(tmp_path / "m")], timeout=1)
+    assert code == 124 and tail.startswith("stopped after 1 s")  # 20 epochs of MNIST: far past a second
+
+
+def test_gpu_check_runs_its_host_side_and_never_calls_a_cuda_path_passed(tmp_path, monkeypatch, no_drawing):
+    """Every step of the script on the CPU, each `normlab` command in this process (its figures not
+    drawn: test_plots draws them) so that the host side costs seconds, not one interpreter per step."""
+    gpu_check = load_script()
+    monkeypatch.setattr(gpu_check, "normlab", normlab_in_this_process)
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--budget", "400"]) == 0
     result = json.loads((tmp_path / "gpu-check.json").read_text())
     by = {c["check"]: c["result"] for c in result["checks"]}
     assert by["grouped CUDA graph (--graph on)"] == "skipped"  # needs CUDA: not a pass
