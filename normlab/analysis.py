@@ -20,7 +20,7 @@ import datetime as _dt
 from .errors import NormlabError
 
 TESTS = ("welch-hsu", "welch", "student")  # per pair, scipy.stats.ttest_ind (normlab.stats.pair_pvalues)
-CORRECTIONS = ("holm", "bonferroni", "none")  # statsmodels.stats.multitest.multipletests methods
+CORRECTIONS = ("holm", "bonferroni", "none")  # within each family: normlab.stats.adjust
 METRICS = ("final_test_accuracy", "best_test_accuracy")
 SCALES = ("logit_error", "points")  # log(errors / correct), half an image added to each; or raw points
 FAMILIES = ("declared",)  # the study file's [[family]] entries; without them, one per varying setting
@@ -78,6 +78,7 @@ _TEST_WORDS = {"welch-hsu": "Welch's statistic per pair (scipy `ttest_ind`, uneq
                             "conservative min(n) − 1 degrees of freedom",
                "welch": "Welch's test per pair (scipy `ttest_ind`, unequal variances, Welch–Satterthwaite df)",
                "student": "Student's t test per pair (scipy `ttest_ind`, the pair's variance pooled)"}
+# the definitions normlab.stats.adjust is held equal to, to 1e-12, by tests/test_statistics.py
 _CORRECTION_WORDS = {"holm": "Holm within each family (statsmodels `multipletests`)",
                      "bonferroni": "Bonferroni within each family (statsmodels `multipletests`)",
                      "none": "no correction for the family"}

@@ -12,8 +12,7 @@ came out distinguishable after the family's correction. Three kinds of null worl
   groups share), the others as in `equal`, so some groups have seeds at chance and others not.
 
 Everything is vectorised over simulated studies: a layout of hundreds of pairs takes a second.
-The correction here is a vectorised Holm / Bonferroni, held equal to statsmodels' `multipletests`
-(which reports call) by the test suite.
+The correction is the reports' own (`normlab.stats.adjust`, vectorised over simulated studies).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import logit_error, pair_pvalues
+from .stats import adjust, logit_error, pair_pvalues
 
 WORKING = logit_error(99.47, 10000)  # a working model's logit error rate (its value does not matter to a t test)
 CHANCE = logit_error(11.35, 10000)  # a run at chance: every seed the same value, as collapsed runs are
@@ -67,28 +66,6 @@ def to_scale(values: np.ndarray, scale: str, n_test: int = 10000) -> np.ndarray:
     return 100.0 - 100.0 * errors / n_test
 
 
-def adjust_rows(correction: str, p: np.ndarray) -> np.ndarray:
-    """Each row's p-values corrected within the row (NaN: untested, left out), vectorised."""
-    p = np.asarray(p, dtype=float)
-    if correction == "none":
-        return p
-    tested = ~np.isnan(p)
-    m = tested.sum(axis=1, keepdims=True)
-    if correction == "bonferroni":
-        return np.where(tested, np.minimum(p * m, 1.0), np.nan)
-    if correction != "holm":
-        raise ValueError(f"correction={correction!r}; use holm, bonferroni or none.")
-    filled = np.where(tested, p, np.inf)
-    order = np.argsort(filled, axis=1, kind="stable")
-    ranked = np.take_along_axis(filled, order, axis=1)
-    steps = m - np.arange(p.shape[1])[None, :]  # m, m-1, ... for the sorted p-values
-    with np.errstate(invalid="ignore"):  # inf x 0 where a row has untested entries: masked next
-        scaled = np.minimum(np.maximum.accumulate(np.where(np.isinf(ranked), 0.0, ranked * steps), axis=1), 1.0)
-    out = np.empty_like(scaled)
-    np.put_along_axis(out, order, scaled, axis=1)
-    return np.where(tested, out, np.nan)
-
-
 def plan_pvalues(plan: dict, groups: list[np.ndarray], pairs) -> np.ndarray:
     """(reps, pairs): the plan's test's p-values, pairs of the same seed counts tested in one call."""
     scaled = [to_scale(g, plan["scale"]) for g in groups]
@@ -109,7 +86,7 @@ def family_rejections(plan: dict, groups: list[np.ndarray], pairs, pvalues=plan_
     pairs = list(pairs)
     p = pvalues(plan, groups, pairs)
     verdict = np.array([min(groups[i].shape[1], groups[j].shape[1]) >= plan["min_seeds"] for i, j in pairs])
-    adjusted = adjust_rows(plan["correction"], p)
+    adjusted = adjust(plan["correction"], p)
     return (np.nan_to_num(adjusted, nan=1.0) < plan["alpha"]) & verdict[None, :]
 
 
@@ -157,12 +134,14 @@ def smallest_detected(plan: dict, seeds: int, sd: float, target: float = 0.8, re
 def layout_of(summary: dict, seeds: int | None = None) -> Layout:
     """A study's layout as its report tests it (its groups and families), with its own seed counts
     or `seeds` in every group."""
+    from .axes import varying_settings
     from .comparisons import family_specs, groups_of
 
     groups = groups_of(summary)
     names = list(groups)
     index = {n: i for i, n in enumerate(names)}
     families = tuple(tuple((index[a], index[b]) for a, b in pairs)
-                     for _, pairs in family_specs(summary, names, summary.get("families")) if pairs)
+                     for _, pairs in family_specs(summary, varying_settings(summary), names, summary.get("families"))
+                     if pairs)
     counts = tuple(seeds or groups[n].n for n in names)
     return Layout(summary.get("study", "study"), counts, families)

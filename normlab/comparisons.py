@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .analysis import DEFAULT, describe
-from .axes import series_label, varying_settings
+from .axes import series_label
 from .config import SETTINGS
 from .stats import (
     Comparison,
@@ -63,8 +63,11 @@ def groups_of(summary: dict) -> dict[str, Group]:
     return {name: Group(name, values, test_size(entries[name])) for name, values in finals.items()}
 
 
-def _axes(summary: dict) -> list[str]:
-    numeric, categorical = varying_settings(summary)
+Varying = tuple[list[str], list[str]]  # (numeric, categorical) settings that vary: StudyView.varying
+
+
+def _axes(varying: Varying) -> list[str]:
+    numeric, categorical = varying
     return [k for k in SETTINGS if k in numeric or k in categorical]
 
 
@@ -75,8 +78,8 @@ def _entries_by_name(summary: dict) -> dict[str, dict]:
     return out
 
 
-def _pairs_differing_in(summary: dict, names: list[str], setting: str) -> list[tuple[str, str]]:
-    entries, axes = _entries_by_name(summary), _axes(summary)
+def _pairs_differing_in(summary: dict, varying: Varying, names: list[str], setting: str) -> list[tuple[str, str]]:
+    entries, axes = _entries_by_name(summary), _axes(varying)
     pairs = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -86,9 +89,9 @@ def _pairs_differing_in(summary: dict, names: list[str], setting: str) -> list[t
     return pairs
 
 
-def declared_pairs(summary: dict, names: list[str], spec: dict) -> list[tuple[str, str]]:
+def declared_pairs(summary: dict, varying: Varying, names: list[str], spec: dict) -> list[tuple[str, str]]:
     if "differ_in" in spec:
-        return _pairs_differing_in(summary, names, spec["differ_in"])
+        return _pairs_differing_in(summary, varying, names, spec["differ_in"])
     among = [n for n in spec.get("among", names) if n in names]
     reference = spec.get("reference")
     if reference:
@@ -96,12 +99,12 @@ def declared_pairs(summary: dict, names: list[str], spec: dict) -> list[tuple[st
     return [(a, b) for i, a in enumerate(among) for b in among[i + 1:]]
 
 
-def default_families(summary: dict, names: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+def default_families(summary: dict, varying: Varying, names: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
     if len(names) <= MAX_NAMES_FOR_EVERY_PAIR:
         return [("every pair of experiments", [(a, b) for i, a in enumerate(names) for b in names[i + 1:]])]
     out = []
-    for setting in _axes(summary):
-        pairs = _pairs_differing_in(summary, names, setting)
+    for setting in _axes(varying):
+        pairs = _pairs_differing_in(summary, varying, names, setting)
         if pairs:
             out.append((f"pairs that differ in {setting} alone", pairs))
     return out
@@ -114,11 +117,11 @@ def _wrong_indices(view: StudyView, summary: dict, name: str) -> set[int] | None
     return set(wrong) if isinstance(wrong, list) else None
 
 
-def validation_choice(summary: dict) -> tuple[str, dict[str, str]] | None:
+def validation_choice(summary: dict, varying: Varying) -> tuple[str, dict[str, str]] | None:
     """(setting, series -> the experiment name chosen on validation) when the study varies one
     numeric setting and every finished run has a validation accuracy: per series (the other
     settings), the value whose mean validation accuracy is highest."""
-    numeric, categorical = varying_settings(summary)
+    numeric, categorical = varying
     done = [e for e in summary["experiments"] if e["status"] == "done"]
     if len(numeric) != 1 or not done or any(e.get("final_val_accuracy") is None for e in done):
         return None
@@ -135,12 +138,13 @@ def validation_choice(summary: dict) -> tuple[str, dict[str, str]] | None:
     return key, chosen
 
 
-def family_specs(summary: dict, names: list[str], declared: list[dict] | None = None
+def family_specs(summary: dict, varying: Varying, names: list[str], declared: list[dict] | None = None
                  ) -> list[tuple[str, list[tuple[str, str]]]]:
-    """(question, pairs of experiment names) of every family the report tests."""
-    specs = [(d.get("question", "declared"), declared_pairs(summary, names, d)) for d in declared] if declared \
-        else default_families(summary, names)
-    choice = validation_choice(summary)
+    """(question, pairs of experiment names) of every family the report tests; `varying` is the
+    study's (numeric, categorical) varying settings, as its view computes them once."""
+    specs = [(d.get("question", "declared"), declared_pairs(summary, varying, names, d)) for d in declared] \
+        if declared else default_families(summary, varying, names)
+    choice = validation_choice(summary, varying)
     if choice and len(choice[1]) > 1:
         key, chosen = choice
         picked = list(chosen.values())
@@ -155,7 +159,7 @@ def study_families(view: StudyView, summary: dict, declared: list[dict] | None =
     plan = plan or DEFAULT
     groups = groups_of(summary)
     families = []
-    for question, pairs in family_specs(summary, list(groups), declared):
+    for question, pairs in family_specs(summary, view.varying(summary), list(groups), declared):
         family = Family(question)
         single = [(a, b) for a, b in pairs if groups[a].n == 1 and groups[b].n == 1]
         for a, b in pairs:

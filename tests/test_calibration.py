@@ -19,7 +19,6 @@ from scipy import stats as sps
 
 from normlab import calibration
 from normlab.analysis import DEFAULT
-from normlab.stats import adjust
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 REPS = 2000
@@ -40,16 +39,6 @@ LAYOUTS = committed_layouts()
 
 def ceiling(alpha: float, reps: int) -> float:
     return alpha + calibration.monte_carlo_margin(alpha, reps)
-
-
-def test_calibration_holm_rows_equal_statsmodels_row_by_row():
-    rng = np.random.default_rng(3)
-    p = rng.random((30, 9)) ** 2  # statsmodels' multipletests is slow per call (it runs gc.collect)
-    p[rng.random(p.shape) < 0.15] = np.nan  # untested pairs
-    for correction in ("holm", "bonferroni", "none"):
-        mine = calibration.adjust_rows(correction, p)
-        theirs = np.array([adjust(correction, row) for row in p])
-        np.testing.assert_allclose(np.nan_to_num(mine, nan=-1), np.nan_to_num(theirs, nan=-1), atol=1e-12)
 
 
 def test_calibration_covers_the_committed_multi_seed_studies():

@@ -31,9 +31,28 @@ def test_corrections_are_statsmodels_multipletests():
     rng = random.Random(0)
     for m in (1, 2, 5, 36):
         ps = [rng.random() ** 3 for _ in range(m)]
+        ps[m // 2] = ps[0]  # a tie
         for method in ("holm", "bonferroni"):
             np.testing.assert_allclose(adjust(method, ps), multipletests(ps, method=method)[1], rtol=0, atol=1e-12)
         np.testing.assert_allclose(adjust("none", ps), ps)
+
+
+def test_corrections_of_many_families_at_once_equal_multipletests_row_by_row():
+    """Vectorised over families (the calibration's thousands), untested pairs (NaN) left out."""
+    rng = np.random.default_rng(3)
+    p = rng.random((2, 15, 9)) ** 2
+    p[rng.random(p.shape) < 0.15] = np.nan
+    p[0, 0] = np.nan  # a family with nothing tested
+    for method in ("holm", "bonferroni"):
+        mine = adjust(method, p)
+        for family, adjusted in zip(p.reshape(-1, 9), mine.reshape(-1, 9)):
+            tested = ~np.isnan(family)
+            assert np.array_equal(np.isnan(adjusted), ~tested)
+            if tested.any():
+                np.testing.assert_allclose(adjusted[tested], multipletests(family[tested], method=method)[1],
+                                           rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="correction='fdr'"):
+        adjust("fdr", [0.1, 0.2])
 
 
 def test_mcnemar_equals_statsmodels_exact():
