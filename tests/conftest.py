@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from normlab.config import ExperimentConfig
 from normlab.results import METRIC_COLUMNS
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker process shares the machine's cores with the others: one torch
+    thread each, so that no worker's OpenMP threads spin against another's (a test that needs more
+    threads sets them itself, and a study's own worker processes take one thread anyway)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
 
 TINY = dict(epochs=2, train_limit=512, test_limit=256, batch_size=64)
 

@@ -26,7 +26,7 @@ def normlab_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
 
 
 @pytest.mark.slow
-def test_tiny_mission_run_end_to_end(tmp_path):
+def test_tiny_mission_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "mission"
     r = normlab_cli("run", *RUN_ARGS, "--out", str(out), "--workers", "2")
     assert r.returncode == 0, r.stderr
@@ -50,10 +50,11 @@ def test_tiny_mission_run_end_to_end(tmp_path):
     assert "\r" not in r.stdout and "\r" not in r.stderr
     assert len([line for line in r.stdout.splitlines() if " epoch " in line]) == 3 * 2
     # a finished study resumes to a no-op; without --resume it refuses to overwrite
-    again = normlab_cli("run", *RUN_ARGS, "--out", str(out), "--resume")
-    assert again.returncode == 0, again.stderr
-    refused = normlab_cli("run", *RUN_ARGS, "--out", str(out))
-    assert refused.returncode == 2 and "--resume" in refused.stderr
+    before = {p: p.read_bytes() for p in out.rglob("*.pt")}
+    assert main(["run", *RUN_ARGS, "--out", str(out), "--resume", "--quiet"]) == 0
+    assert {p: p.read_bytes() for p in out.rglob("*.pt")} == before
+    capsys.readouterr()
+    assert main(["run", *RUN_ARGS, "--out", str(out)]) == 2 and "--resume" in capsys.readouterr().err
 
 
 def test_train_one_experiment_in_process(tmp_path, capsys):
