@@ -117,7 +117,7 @@ def test_members_after_one_that_diverged_keep_their_own_data_and_numbers(tmp_pat
 ARGS = ["--epochs", "2", "--train-limit", "256", "--test-limit", "128", "--batch-size", "64", "--quiet"]
 
 
-def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys):
+def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys, request):
     out = tmp_path / "g"
     cmd = ["run", "--norm", "gn", "--lr", "0.02", "0.05", "--seeds", "1", "2", *ARGS, "--grouped", "on"]
     assert main([*cmd, "--out", str(out), "--epochs", "1"]) == 0
@@ -128,6 +128,7 @@ def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys):
                                                        "status.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert [e["status"] for e in summary["experiments"]] == ["done"] * 4
+    request.getfixturevalue("no_drawing")  # what follows compares numbers, not figures
     # an interrupted grouped study resumes where it stopped and ends as an uninterrupted one
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main([*cmd, "--out", str(full)]) == 0
@@ -154,7 +155,7 @@ def test_grouped_study_writes_todays_files_and_resumes(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_a_diverged_member_is_recorded_and_the_others_finish(tmp_path, capsys):
+def test_a_diverged_member_is_recorded_and_the_others_finish(tmp_path, capsys, no_drawing):
     out = tmp_path / "d"
     code = main(["run", "--norm", "none", "--lr", "0.05", "1e6", *ARGS, "--grouped", "on", "--out", str(out)])
     assert code == 3  # some diverged

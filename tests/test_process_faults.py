@@ -31,7 +31,8 @@ ARGS = ["run", "--epochs", "3", "--train-limit", "1024", "--test-limit", "256", 
         "--workers", "2", "--seeds", "1"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-pytestmark = pytest.mark.slow
+# processes and files, not figures: test_plots draws them (the studies here draw none but the fixture's)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_drawing")]
 
 
 def start(out: Path, *extra: str) -> subprocess.Popen:
@@ -175,7 +176,7 @@ def test_an_interrupt_while_a_group_saves_resumes_to_the_uninterrupted_numbers(t
     leaves members at different epochs. Each resumes from its own epoch on its own generators."""
     from normlab.experiment import Experiment
 
-    base = ExperimentConfig(epochs=2, train_limit=512, test_limit=128, batch_size=64)
+    base = ExperimentConfig(epochs=2, train_limit=256, test_limit=64, batch_size=64)
     study = build_study("mission", base, seeds=[1, 2])  # three step-sharing groups of two seeds
     torch.set_num_threads(1)
     run_study(study, tmp_path / "clean", grouped="on", quiet=True)
@@ -231,7 +232,7 @@ def test_a_damaged_member_changes_no_healthy_member_of_its_group(tmp_path, monke
     placeholder and end exactly as in the undamaged study."""
     from normlab.experiment import Experiment
 
-    base = ExperimentConfig(epochs=2, train_limit=512, test_limit=128, batch_size=64)
+    base = ExperimentConfig(epochs=2, train_limit=256, test_limit=64, batch_size=64)
     study = build_study("mission", base, seeds=[1, 2, 3])  # bn-l1, gn, ln: three groups of three seeds
     torch.set_num_threads(1)
     run_study(study, tmp_path / "clean", grouped="on", quiet=True)

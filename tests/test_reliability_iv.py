@@ -206,7 +206,7 @@ def test_a_huge_cached_file_is_refused_in_bounded_memory(tmp_path):
     lambda m: m.update(wrong_indices=["1"] * m["wrong_total"]),
     lambda m: m["images"].append({"index": 63, "pixels": []}) if m["images"] else m.update(images=5),
 ])
-def test_a_misclassified_json_out_of_range_is_damage_with_its_fix(copy, capsys, change):
+def test_a_misclassified_json_out_of_range_is_damage_with_its_fix(copy, capsys, change, no_drawing):
     path = copy / "bn-seed1" / "misclassified.json"
     m = json.loads(path.read_text())
     change(m)
@@ -260,7 +260,7 @@ def test_a_setting_outside_what_training_can_use_is_one_sentence(tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
-def test_an_overflow_in_a_group_is_one_members_divergence(tmp_path, capsys):
+def test_an_overflow_in_a_group_is_one_members_divergence(tmp_path, capsys, no_drawing):
     out = tmp_path / "g"
     code = main(["run", "--norm", "bn", "--lr", "3e38", "0.02", *TINY, "--grouped", "on", "--out", str(out)])
     assert code == 3
@@ -268,7 +268,7 @@ def test_an_overflow_in_a_group_is_one_members_divergence(tmp_path, capsys):
     assert statuses == {3e38: "diverged", 0.02: "done"}
 
 
-def test_one_members_failure_in_a_group_never_fails_its_siblings(tmp_path, monkeypatch, capsys):
+def test_one_members_failure_in_a_group_never_fails_its_siblings(tmp_path, monkeypatch, capsys, no_drawing):
     from normlab import experiment, grouped
 
     real_land = experiment.Experiment.land
@@ -375,7 +375,7 @@ def test_a_run_inside_or_around_a_running_study_is_refused(tmp_path, capsys):
         assert not (running / "inner").exists()
 
 
-def test_an_interrupted_grouped_study_resumes_to_the_end(tmp_path, monkeypatch):
+def test_an_interrupted_grouped_study_resumes_to_the_end(tmp_path, monkeypatch, no_drawing):
     from normlab.runner import run_study
 
     study = build_study("mission", ExperimentConfig(epochs=2, train_limit=128, test_limit=64, batch_size=32), [1])
