@@ -16,7 +16,7 @@ from normlab.results import DYNAMICS, parse_dynamics, read_dynamics
 SMALL = dict(epochs=2, train_limit=512, test_limit=128, batch_size=64)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_drawing")  # test_plots draws the figures
 
 
 def _train(tmp_path, name: str, **settings) -> Experiment:

@@ -19,6 +19,8 @@ from normlab.fileio import atomic_write_json
 from normlab.results import read_metrics
 from normlab.studies import build_study
 
+pytestmark = pytest.mark.usefixtures("no_drawing")  # files, records and errors: test_plots draws the figures
+
 TINY = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,6 +14,8 @@ from normlab.cli import main
 from normlab.fileio import directory_lock
 from normlab.view import StudyView
 
+pytestmark = pytest.mark.usefixtures("no_drawing")  # files, records and errors: test_plots draws the figures
+
 TINY = RELIABILITY_TINY
 
 

@@ -17,6 +17,8 @@ from normlab.cli import main
 from normlab.errors import NormlabError
 from normlab.recovery import misclassified_problem
 
+pytestmark = pytest.mark.usefixtures("no_drawing")  # files, records and errors: test_plots draws the figures
+
 
 def _forge(path, change) -> None:
     """Rewrite a checkpoint with one field changed, as a hand with torch.load/torch.save would."""

@@ -182,7 +182,8 @@ def assert_scores_as_recorded(model, x, y, recorded: float, what: str) -> None:
     """The model's accuracy equals the recorded one, but for images whose top two classes are so
     close that another CPU's rounding may swap them: only those may differ, on any machine."""
     with torch.inference_mode():
-        logp = torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)])
+        # chunks of 128: on one thread about 3x faster than chunks of 2,000 (they stay in cache)
+        logp = torch.cat([model(x[i:i + 128]) for i in range(0, len(x), 128)])
     top2 = logp.topk(2, dim=1).values
     near_ties = int((top2[:, 0] - top2[:, 1] < 1e-3).sum())
     correct = int((logp.argmax(1) == y).sum())
