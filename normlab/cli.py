@@ -221,7 +221,6 @@ def _dry_run(study, args, out: Path, device: str) -> int:
 
 
 def _execute(study, args, out: Path) -> int:
-    from .report import final_table, generate_report
     from .runner import run_study
     from .training.data import resolve_device
 
@@ -232,6 +231,9 @@ def _execute(study, args, out: Path) -> int:
     outcome = run_study(study, out, resume=args.resume, workers=args.workers, device=device,
                         executor=args.executor, address=args.address, quiet=args.quiet,
                         tensorboard=args.tensorboard, grouped=args.grouped, graph=args.graph)
+    # the report's scipy and matplotlib are imported after training, not before it
+    from .report import final_table, generate_report
+
     summary = generate_report(out, outcome.summary)
     print(final_table(summary))
     print(f"results: {out}")

@@ -13,7 +13,7 @@ from normlab.experiment import Experiment
 from normlab.grouped import GroupedEpoch, run_together
 from normlab.results import read_dynamics, read_metrics
 
-SMALL = dict(norm="bn", epochs=2, train_limit=512, test_limit=256, batch_size=64, dropout=0.0)
+SMALL = dict(norm="bn", epochs=2, train_limit=256, test_limit=128, batch_size=64, dropout=0.0)
 # seed, lr, l1, l2, momentum (0.05: the one-cycle schedule reaches momentum 0, where SGD skips its buffer)
 MEMBERS = [(1, 0.02, 0.0, 0.0, 0.9), (2, 0.05, 1e-4, 0.0, 0.05), (3, 0.1, 0.0, 1e-3, 0.9)]
 
