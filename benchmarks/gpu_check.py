@@ -13,8 +13,9 @@ Runs the studies the GPU issue times (20 epochs, full MNIST), each as `normlab r
 
     NORMLAB_DATA=<dir with MNIST/raw> python benchmarks/gpu_check.py --out "$OUT"
 
-`--device cpu --quick` runs the same script's host side in seconds (tests/test_gpu_check.py): CUDA-only
-checks are reported as skipped, never as passed. Writes <out>/gpu-check.json and the studies under
+`--device cpu --quick` runs the same script's host side in seconds: CUDA-only checks are reported as
+skipped, never as passed (tests/test_gpu_check.py runs it so, each `normlab` command in the test's own
+process, and tests the child-process wrapper `normlab` on its own). Writes <out>/gpu-check.json and the studies under
 <out>/results/<study>-gpu/.
 """
 
