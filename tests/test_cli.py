@@ -146,13 +146,13 @@ def test_foreign_checkpoint_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_diverging_experiment_does_not_stop_the_study(tmp_path, capsys):
+def test_a_diverging_experiment_does_not_stop_the_study(tmp_path, capfd):
     """A peak LR of 1e6 makes the loss non-finite; the experiments at 0.02 must still finish, and the
     exit code says so."""
     out = tmp_path / "m"
     assert main(["run", "--norm", "bn", "ln", "--lr", "0.02", "1e6", *TINY_ARGS, "--out", str(out),
                  "--workers", "2", "--quiet"]) == 3
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # file descriptors: the worker processes' stderr too
     assert "diverged" in err and "Traceback" not in err
     status = {e["name"]: e for e in json.loads((out / "summary.json").read_text())["experiments"]}
     assert set(status) == {"bn-lr0.02", "bn-lr1e06", "ln-lr0.02", "ln-lr1e06"}

@@ -6,6 +6,8 @@ import contextlib
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,9 @@ def normlab_in_this_process(args: list[str], timeout: float) -> tuple[int, str]:
 
 
 def test_the_script_runs_normlab_in_a_child_and_stops_it_past_its_timeout(tmp_path):
+    script = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and "--quick" in script.stdout  # runs as a script, from anywhere
     gpu_check = load_script()
     code, tail = gpu_check.normlab(["--version"], timeout=120)
     assert code == 0 and "normlab" in tail

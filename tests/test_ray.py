@@ -29,13 +29,14 @@ def local_study(tmp_path_factory):
     """The two-experiment study the Ray tests run, trained once by the local executor: the numbers
     Ray must reproduce (any --workers gives the same)."""
     out = tmp_path_factory.mktemp("local") / "l"
-    assert main(["run", "--norm", "bn", "ln", *TINY_ARGS, "--workers", "1", "--out", str(out)]) == 0
+    assert main(["run", "--norm", "bn", "ln", "--l1", "1e-4", *TINY_ARGS, "--workers", "1", "--out", str(out)]) == 0
     return out
 
 
 @pytest.mark.slow
 def test_ray_study_matches_the_local_executor(tmp_path, local_ray, local_study):
-    assert main(["run", "--norm", "bn", "ln", *TINY_ARGS, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
+    assert main(["run", "--norm", "bn", "ln", "--l1", "1e-4", *TINY_ARGS, "--executor", "ray",
+                 "--out", str(tmp_path / "ray")]) == 0
     ray_summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert {e["name"] for e in ray_summary["experiments"]} == {"bn", "ln"}
     for e in ray_summary["experiments"]:
@@ -82,7 +83,7 @@ def test_an_interrupted_ray_study_keeps_its_epochs_and_resume_completes_it(tmp_p
     summary.json is written, and --resume under Ray finishes the study as an uninterrupted one."""
     from normlab.execution.progress import Progress
 
-    out, args = tmp_path / "r", ["run", "--norm", "bn", "ln", *TINY_ARGS, "--executor", "ray"]
+    out, args = tmp_path / "r", ["run", "--norm", "bn", "ln", "--l1", "1e-4", *TINY_ARGS, "--executor", "ray"]
     real_show, shown = Progress.show, []
 
     def interrupt_after_the_first(self, result, item):

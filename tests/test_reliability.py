@@ -120,10 +120,11 @@ def test_a_divergence_is_recorded_in_the_checkpoint_and_survives_a_lost_status(t
 
 
 @pytest.mark.slow
-def test_quiet_prints_the_final_table_and_no_epoch_line(tmp_path, capsys, no_drawing):
-    """(A piped log of one line per epoch is checked by test_cli's end-to-end run.)"""
-    assert main(["run", *TINY, "--seeds", "1", "--out", str(tmp_path / "q"), "--quiet"]) == 0
-    out = capsys.readouterr().out
+def test_quiet_prints_the_final_table_and_no_epoch_line(tmp_path, capfd, no_drawing):
+    """Worker processes included (file descriptors are captured). A piped log of one line per epoch
+    is checked by test_cli's end-to-end run."""
+    assert main(["run", *TINY, "--seeds", "1", "--workers", "2", "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    out = capfd.readouterr().out
     assert " epoch " not in out and "final acc" in out
 
 
@@ -173,11 +174,15 @@ def test_committed_results_report_without_repairs(tmp_path, capsys, no_drawing):
 def test_the_numbers_do_not_depend_on_the_worker_count(tmp_path, no_drawing):
     """One worker trains in this process; it must use one torch thread, as every pool worker does."""
     import torch
+    before = torch.get_num_threads()
     torch.set_num_threads(2)  # what a fresh process on this machine would have
-    for workers in ("1", "2"):
-        assert main(["run", "--norm", "ln", "gn", *TINY, "--workers", workers, "--out", str(tmp_path / workers),
-                     "--quiet"]) == 0
-    assert torch.get_num_threads() == 2  # restored afterwards
+    try:
+        for workers in ("1", "2"):
+            assert main(["run", "--norm", "ln", "gn", *TINY, "--workers", workers, "--out", str(tmp_path / workers),
+                         "--quiet"]) == 0
+        assert torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
     for d in ("ln-seed1", "gn-seed1"):
         assert read_metrics(tmp_path / "1" / d / "metrics.csv")[-1] | {"seconds": 0} == \
             read_metrics(tmp_path / "2" / d / "metrics.csv")[-1] | {"seconds": 0}
